@@ -1,0 +1,30 @@
+# gridledger: the two commands a newcomer needs are `make demo` and `make test`.
+# Each creates .venv on first use and installs what it needs; nothing else is required
+# but Python 3.11+ and make.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test soak lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gridledger needs Python 3.11 or newer; set PYTHON=python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,fast]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@$(PY) -m cli.main demo
+
+test: $(STAMP)
+	@$(PY) -m pytest
+
+lint: $(STAMP)
+	@$(PY) -m pip install --quiet ruff
+	@$(PY) -m ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

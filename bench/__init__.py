@@ -1,0 +1,1 @@
+"""Benchmarks. Each ``python -m bench.NAME`` prints one JSON line of figures."""

@@ -1,0 +1,1 @@
+"""The ``gridledger`` command line: keys, genesis, node, devnet, demo, tx, query, meter."""

@@ -1,0 +1,1 @@
+"""Example genesis documents for a demo consortium, and their schema."""
