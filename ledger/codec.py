@@ -72,9 +72,12 @@ def _check(value: Any, depth: int, max_depth: int, allow_maps: bool) -> None:
         if depth >= max_depth:
             raise CodecError(f"nesting deeper than {max_depth} levels")
         for item in value:
-            if type(item) in _SCALARS and type(item) is not int:
-                continue
-            _check(item, depth + 1, max_depth, allow_maps)
+            ti = type(item)
+            if ti is int:
+                if not (_INT_MIN <= item <= _INT_MAX):
+                    raise CodecError(f"integer {item} is outside the encodable range -2**63 .. 2**64-1")
+            elif ti not in _SCALARS:
+                _check(item, depth + 1, max_depth, allow_maps)
         return
     if t is dict:
         if not allow_maps:
@@ -173,7 +176,7 @@ def decode(
     except Exception as exc:  # msgpack.FormatError and friends
         raise CodecError(f"malformed msgpack: {exc}") from None
     _check(value, 0, max_depth, allow_maps)
-    again = msgpack.packb(value, use_bin_type=True)
+    again = msgpack.packb(_sorted_maps(value) if allow_maps else value, use_bin_type=True)
     if again != data:
         at = _first_difference(again, data)
         raise CodecError(
