@@ -20,7 +20,7 @@ demo: $(STAMP)
 	@$(PY) -m cli.main demo
 
 test: $(STAMP)
-	@$(PY) -m pytest
+	@GRIDLEDGER_REQUIRE_FAST_BLS=1 $(PY) -m pytest
 
 lint: $(STAMP)
 	@$(PY) -m pip install --quiet ruff
