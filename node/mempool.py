@@ -1,0 +1,255 @@
+"""The mempool: transactions admitted, waiting for a block.
+
+Admission checks every transaction before it costs the shard anything, in the order
+of their cost, and refuses with a stable reason code (the HTTP API returns it):
+
+    too_large     more bytes than a transaction may have
+    malformed     not a canonical transaction
+    wrong_chain   signed for another shard
+    expired       its expiry height has passed
+    gas_limit     asks for more gas than a block allows
+    bad_nonce     nonce already used, or too far ahead of the account's next nonce
+    duplicate     this transaction id is already waiting (or the nonce is taken)
+    bad_signature the signature does not verify
+    not_member    the sender is not an admitted participant of this shard
+    not_allowed   the sender's roles may not call that function
+    sender_limit  the sender already has the maximum number of waiting transactions
+    mempool_full  the mempool is full of transactions that are not older than this one
+
+Nonces are sequential per sender: a transaction waits until every lower nonce of its
+sender is in a block. The window bounds how far ahead a sender may queue, so one
+account cannot fill the pool with transactions that can never run.
+
+Blocks take transactions fairly: round-robin over senders, each sender's in nonce
+order, so a meter gateway submitting thousands of readings does not starve a trader.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ledger.tx import MAX_TX_SIZE, Transaction, TxError
+
+__all__ = ["Mempool", "MempoolEntry", "TxRejected", "REASONS"]
+
+REASONS = (
+    "too_large",
+    "malformed",
+    "wrong_chain",
+    "expired",
+    "gas_limit",
+    "bad_nonce",
+    "duplicate",
+    "bad_signature",
+    "not_member",
+    "not_allowed",
+    "sender_limit",
+    "mempool_full",
+)
+
+
+class TxRejected(TxError):
+    """A transaction refused at admission; ``code`` is one of :data:`REASONS`."""
+
+
+@dataclass(slots=True)
+class MempoolEntry:
+    tx: Transaction
+    raw: bytes
+    sender: bytes  # Ed25519 public key
+    arrival: int  # admission sequence number, for fairness and eviction
+
+
+class Mempool:
+    """Bounded, per-sender ordered pool. Not thread-safe: the node drives it from its event loop."""
+
+    def __init__(
+        self,
+        chain_id: str,
+        *,
+        max_txs: int = 100_000,
+        max_per_sender: int = 1000,
+        nonce_window: int = 1000,
+        max_gas: int = 1 << 34,
+        next_nonce: Callable[[bytes], int],
+        policy: Callable[[Transaction], None] | None = None,
+    ) -> None:
+        self.chain_id = chain_id
+        self.max_txs = max_txs
+        self.max_per_sender = max_per_sender
+        self.nonce_window = nonce_window
+        self.max_gas = max_gas
+        self._next_nonce = next_nonce  # the account's next nonce in committed state
+        self._policy = policy  # raises TxRejected(not_member | not_allowed)
+        self._by_id: dict[bytes, MempoolEntry] = {}
+        self._by_sender: dict[bytes, dict[int, bytes]] = {}
+        self._arrivals: OrderedDict[bytes, None] = OrderedDict()  # tx ids, oldest first
+        self._counter = 0
+        self.rejected: dict[str, int] = {code: 0 for code in REASONS}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, tx_id: bytes) -> bool:
+        return tx_id in self._by_id
+
+    def get(self, tx_id: bytes) -> MempoolEntry | None:
+        return self._by_id.get(tx_id)
+
+    # ---------------------------------------------------------------- admission
+
+    def check(self, raw: bytes, height: int, *, verify_signature: bool = True) -> Transaction:
+        """Everything admission checks except capacity; raises :class:`TxRejected`."""
+        if len(raw) > MAX_TX_SIZE:
+            raise self._reject("too_large", f"transaction is {len(raw)} bytes; the limit is {MAX_TX_SIZE}")
+        try:
+            tx = Transaction.decode(raw)
+        except TxError as exc:
+            raise self._reject(exc.code if exc.code in REASONS else "malformed", exc.message) from None
+        if tx.chain_id != self.chain_id:
+            raise self._reject("wrong_chain", f"transaction is for shard {tx.chain_id!r}; this node serves {self.chain_id!r}")
+        if tx.expiry < height + 1:
+            raise self._reject("expired", f"transaction expired at height {tx.expiry}; the next block is {height + 1}")
+        if tx.gas_limit > self.max_gas:
+            raise self._reject("gas_limit", f"gas limit {tx.gas_limit} exceeds the block gas limit {self.max_gas}")
+        next_nonce = self._next_nonce(tx.sender)
+        if tx.nonce < next_nonce:
+            raise self._reject("bad_nonce", f"nonce {tx.nonce} is already used; the sender's next nonce is {next_nonce}")
+        if tx.nonce >= next_nonce + self.nonce_window:
+            raise self._reject(
+                "bad_nonce", f"nonce {tx.nonce} is too far ahead: the next nonce is {next_nonce}, the window {self.nonce_window}"
+            )
+        if tx.tx_id in self._by_id:
+            raise self._reject("duplicate", "this transaction is already waiting")
+        pending = self._by_sender.get(tx.sender)
+        if pending is not None and tx.nonce in pending:
+            raise self._reject("duplicate", f"another transaction of this sender with nonce {tx.nonce} is already waiting")
+        if verify_signature and not tx.signature_ok():
+            raise self._reject("bad_signature", f"signature does not verify for sender {tx.sender.hex()}")
+        if self._policy is not None:
+            try:
+                self._policy(tx)
+            except TxRejected as exc:
+                self.rejected[exc.code] = self.rejected.get(exc.code, 0) + 1
+                raise
+        return tx
+
+    def add(self, raw: bytes, height: int, *, verified: Transaction | None = None) -> Transaction:
+        """Admit a transaction; returns it, or raises :class:`TxRejected` saying why.
+
+        ``verified`` skips the checks for a transaction already checked (for example
+        by a signature-verification worker), but capacity is still enforced.
+        """
+        tx = verified if verified is not None else self.check(raw, height)
+        if verified is not None and (tx.tx_id in self._by_id or tx.nonce in self._by_sender.get(tx.sender, {})):
+            raise self._reject("duplicate", "this transaction is already waiting")
+        pending = self._by_sender.setdefault(tx.sender, {})
+        if len(pending) >= self.max_per_sender:
+            if not pending:
+                del self._by_sender[tx.sender]
+            raise self._reject("sender_limit", f"the sender already has {self.max_per_sender} transactions waiting")
+        if len(self._by_id) >= self.max_txs and not self._evict_one(height):
+            if not pending:
+                del self._by_sender[tx.sender]
+            raise self._reject("mempool_full", f"the mempool holds {self.max_txs} transactions")
+        self._counter += 1
+        self._by_id[tx.tx_id] = MempoolEntry(tx, raw, tx.sender, self._counter)
+        pending[tx.nonce] = tx.tx_id
+        self._arrivals[tx.tx_id] = None
+        return tx
+
+    def _reject(self, code: str, message: str) -> TxRejected:
+        self.rejected[code] = self.rejected.get(code, 0) + 1
+        return TxRejected(code, message)
+
+    def _evict_one(self, height: int) -> bool:
+        """Make room: drop an expired transaction, else the oldest one that is not next in line."""
+        for tx_id in self._arrivals:
+            entry = self._by_id[tx_id]
+            if entry.tx.expiry <= height:
+                self._remove(tx_id)
+                return True
+        for tx_id in self._arrivals:
+            entry = self._by_id[tx_id]
+            if entry.tx.nonce != self._next_nonce(entry.sender):
+                self._remove(tx_id)
+                return True
+        return False
+
+    def _remove(self, tx_id: bytes) -> MempoolEntry | None:
+        entry = self._by_id.pop(tx_id, None)
+        if entry is None:
+            return None
+        self._arrivals.pop(tx_id, None)
+        pending = self._by_sender.get(entry.sender)
+        if pending is not None:
+            pending.pop(entry.tx.nonce, None)
+            if not pending:
+                del self._by_sender[entry.sender]
+        return entry
+
+    # ---------------------------------------------------------------- blocks
+
+    def select(
+        self,
+        *,
+        max_txs: int,
+        max_bytes: int,
+        height: int,
+        next_nonce: Callable[[bytes], int] | None = None,
+    ) -> list[MempoolEntry]:
+        """Transactions for the next block: round-robin over senders, each in nonce order.
+
+        ``next_nonce`` gives each sender's next nonce on top of blocks proposed but not
+        yet committed (default: committed state).
+        """
+        nonce_of = next_nonce or self._next_nonce
+        cursors: list[tuple[bytes, int, dict[int, bytes]]] = []
+        for sender, pending in self._by_sender.items():
+            cursors.append((sender, nonce_of(sender), pending))
+        chosen: list[MempoolEntry] = []
+        size = 0
+        while cursors and len(chosen) < max_txs:
+            still = []
+            for sender, nonce, pending in cursors:
+                if len(chosen) >= max_txs:
+                    break
+                tx_id = pending.get(nonce)
+                if tx_id is None:
+                    continue
+                entry = self._by_id[tx_id]
+                if entry.tx.expiry <= height:
+                    continue
+                if size + len(entry.raw) > max_bytes:
+                    continue
+                chosen.append(entry)
+                size += len(entry.raw)
+                still.append((sender, nonce + 1, pending))
+            cursors = still
+        return chosen
+
+    def remove_committed(self, tx_ids: list[bytes], height: int) -> None:
+        """Drop transactions that made it into a committed block, and any now stale or expired."""
+        senders = set()
+        for tx_id in tx_ids:
+            entry = self._remove(tx_id)
+            if entry is not None:
+                senders.add(entry.sender)
+        for sender in senders:
+            pending = self._by_sender.get(sender)
+            if not pending:
+                continue
+            floor = self._next_nonce(sender)
+            for nonce in [n for n in pending if n < floor]:
+                self._remove(pending[nonce])
+        if self._arrivals:
+            # Expired transactions can never be included; the oldest are checked first.
+            for tx_id in list(self._arrivals)[:256]:
+                entry = self._by_id[tx_id]
+                if entry.tx.expiry <= height:
+                    self._remove(tx_id)
+
+    def pending_ids(self) -> list[bytes]:
+        return list(self._arrivals)

@@ -1,0 +1,125 @@
+"""Mempool admission: every rejection has a reason code; blocks take transactions fairly."""
+
+import pytest
+
+from ledger import codec
+from ledger.crypto import PrivateKey
+from ledger.tx import Transaction
+from node.mempool import Mempool, TxRejected
+
+CHAIN = "ch/zurich"
+ALICE = PrivateKey(bytes([1]) * 32)
+BOB = PrivateKey(bytes([2]) * 32)
+
+
+def _tx(key=ALICE, nonce=0, **kw):
+    fields = dict(chain_id=CHAIN, nonce=nonce, contract="fiat", function="transfer", args=[b"x" * 20, 1])
+    fields.update(kw)
+    return Transaction.create(key, **fields)
+
+
+def _pool(nonces=None, **kw):
+    nonces = nonces if nonces is not None else {}
+    return Mempool(CHAIN, next_nonce=lambda sender: nonces.get(sender, 0), **kw)
+
+
+def _code(pool, raw, height=0):
+    with pytest.raises(TxRejected) as err:
+        pool.add(raw, height)
+    return err.value.code
+
+
+def test_admits_a_valid_transaction_once():
+    pool = _pool()
+    tx = _tx()
+    assert pool.add(tx.encode(), 0).tx_id == tx.tx_id
+    assert tx.tx_id in pool and len(pool) == 1
+    assert _code(pool, tx.encode()) == "duplicate"
+
+
+def test_rejects_malformed_and_too_large():
+    pool = _pool()
+    assert _code(pool, b"\x93garbage") == "malformed"
+    assert _code(pool, b"\x00" * 200_000) == "too_large"
+
+
+def test_rejects_wrong_chain_expired_and_gas_limit():
+    pool = _pool(max_gas=1000)
+    assert _code(pool, _tx(chain_id="ch/bern").encode()) == "wrong_chain"
+    assert _code(pool, _tx(expiry=5, gas_limit=10).encode(), height=5) == "expired"
+    assert _code(pool, _tx(gas_limit=1001).encode()) == "gas_limit"
+
+
+def test_rejects_used_nonce_and_nonce_beyond_window():
+    pool = _pool({ALICE.public_key.raw: 5}, nonce_window=10)
+    assert _code(pool, _tx(nonce=4).encode()) == "bad_nonce"
+    assert _code(pool, _tx(nonce=15).encode()) == "bad_nonce"
+    pool.add(_tx(nonce=14).encode(), 0)
+
+
+def test_rejects_forged_signature():
+    fields = codec.decode(_tx().encode())
+    fields[-1] = bytes(64)
+    assert _code(_pool(), codec.encode(fields)) == "bad_signature"
+
+
+def test_rejects_second_transaction_with_the_same_nonce():
+    pool = _pool()
+    pool.add(_tx(nonce=0).encode(), 0)
+    assert _code(pool, _tx(nonce=0, args=[b"y" * 20, 2]).encode()) == "duplicate"
+
+
+def test_policy_refusals_pass_through_with_their_code():
+    def members_only(tx):
+        if tx.sender != ALICE.public_key.raw:
+            raise TxRejected("not_member", "the sender is not a participant of this shard")
+
+    pool = Mempool(CHAIN, next_nonce=lambda s: 0, policy=members_only)
+    pool.add(_tx().encode(), 0)
+    assert _code(pool, _tx(key=BOB).encode()) == "not_member"
+    assert pool.rejected["not_member"] == 1
+
+
+def test_per_sender_cap():
+    pool = _pool(max_per_sender=2)
+    pool.add(_tx(nonce=0).encode(), 0)
+    pool.add(_tx(nonce=1).encode(), 0)
+    assert _code(pool, _tx(nonce=2).encode()) == "sender_limit"
+    pool.add(_tx(key=BOB).encode(), 0)
+
+
+def test_full_pool_evicts_transactions_that_cannot_run_next():
+    pool = _pool(max_txs=2)
+    pool.add(_tx(nonce=5).encode(), 0)  # a gap: cannot run until nonces 0..4 arrive
+    pool.add(_tx(key=BOB, nonce=0).encode(), 0)
+    pool.add(_tx(nonce=0).encode(), 0)  # evicts the gapped one
+    assert len(pool) == 2
+    assert _code(pool, _tx(key=BOB, nonce=1, args=[b"z" * 20, 3]).encode()) == "mempool_full"
+
+
+def test_select_is_round_robin_over_senders_in_nonce_order():
+    pool = _pool()
+    for n in range(3):
+        pool.add(_tx(nonce=n).encode(), 0)
+    pool.add(_tx(key=BOB, nonce=0).encode(), 0)
+    chosen = pool.select(max_txs=10, max_bytes=1 << 20, height=0)
+    order = [(e.sender, e.tx.nonce) for e in chosen]
+    assert order[:2] == [(ALICE.public_key.raw, 0), (BOB.public_key.raw, 0)]
+    assert [n for s, n in order if s == ALICE.public_key.raw] == [0, 1, 2]
+
+
+def test_select_skips_senders_with_a_nonce_gap():
+    pool = _pool()
+    pool.add(_tx(nonce=1).encode(), 0)
+    assert pool.select(max_txs=10, max_bytes=1 << 20, height=0) == []
+
+
+def test_remove_committed_drops_included_and_stale():
+    nonces = {}
+    pool = _pool(nonces)
+    a0, a1 = _tx(nonce=0), _tx(nonce=1)
+    pool.add(a0.encode(), 0)
+    pool.add(a1.encode(), 0)
+    nonces[ALICE.public_key.raw] = 2  # a block carried nonces 0 and 1 (a1 via another node)
+    pool.remove_committed([a0.tx_id], 1)
+    assert len(pool) == 0
