@@ -19,6 +19,7 @@ from pathlib import Path
 from ledger import bls
 from ledger.crypto import PrivateKey
 from ledger.keystore import STRENGTHS, KeystoreError, load_key, save_key
+from node.tls import make_node_certificate
 
 ROLES = ("account", "meter", "validator")
 
@@ -70,6 +71,9 @@ def validator_descriptor(seed: bytes, bls_sk: bytes, label: str) -> dict:
         "address": str(node.address),
         "bls_key": bls_pk.hex(),
         "bls_pop": bls.pop_prove(bls_sk).hex(),
+        # The peer TLS certificate is deterministic from the node key and name, so the
+        # key file stays the only secret; genesis pins it.
+        "tls_cert": make_node_certificate(node, label or str(node.address))[0].decode(),
     }
 
 
