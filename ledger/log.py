@@ -20,6 +20,16 @@ import structlog
 
 __all__ = ["configure", "get_logger"]
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the moment of writing (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _configured: str | None = None
 
@@ -45,7 +55,7 @@ def configure(mode: str | None = None, level: str | None = None, stream=None) ->
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level_name]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     _configured = mode
