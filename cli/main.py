@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import keys
+from cli import devnet, keys, node_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     keys.add_parser(sub)
+    node_cmd.add_parser(sub)
+    devnet.add_parser(sub)
     return parser
 
 

@@ -29,7 +29,7 @@ from ledger.crypto import PUBLIC_KEY_LEN, tagged_hash
 from ledger.merkle import merkle_root
 from ledger.tx import MAX_CHAIN_ID_LEN, MAX_HEIGHT, Transaction, TxError
 
-__all__ = ["Block", "BlockError", "BlockHeader", "HEADER_VERSION", "MAX_BLOCK_SIZE", "ZERO_HASH"]
+__all__ = ["Block", "BlockError", "BlockHeader", "HEADER_VERSION", "MAX_BLOCK_SIZE", "NULL_DIGEST", "ZERO_HASH", "null_block"]
 
 HEADER_VERSION = 1
 ZERO_HASH = bytes(32)
@@ -37,6 +37,13 @@ ZERO_HASH = bytes(32)
 # of deployments while bounding what a peer can make us decode.
 MAX_BLOCK_SIZE = 8 * 1024 * 1024
 MAX_BLOCK_TXS = 20_000
+
+
+# A BFT view change may fill a sequence gap with the null batch (no block was proposed
+# for it). Its commit certificate signs this constant, which no block hash can equal
+# (block hashes are tagged "gridledger/header"), and its block is derived from the
+# parent by :func:`null_block`, so every replica and every client derives the same one.
+NULL_DIGEST = tagged_hash(b"gridledger/null-batch", b"")
 
 
 class BlockError(ValueError):
@@ -186,3 +193,12 @@ def tx_root(encoded_txs: list[bytes]) -> bytes:
 
 def receipts_root(encoded_receipts: list[bytes]) -> bytes:
     return merkle_root(encoded_receipts)
+
+
+def null_block(parent: BlockHeader, height: int) -> Block:
+    """The block of a null batch at ``height``: the parent's state and time, no transactions."""
+    header = BlockHeader(
+        parent.chain_id, height, parent.hash, merkle_root([]), parent.state_root, merkle_root([]),
+        parent.time, b"", parent.validator_set_hash,
+    )
+    return Block(header, ())

@@ -85,6 +85,7 @@ class Mempool:
         self._policy = policy  # raises TxRejected(not_member | not_allowed)
         self._by_id: dict[bytes, MempoolEntry] = {}
         self._by_sender: dict[bytes, dict[int, bytes]] = {}
+        self._sender_of_address: dict[bytes, bytes] = {}  # address -> public key, for account queries
         self._arrivals: OrderedDict[bytes, None] = OrderedDict()  # tx ids, oldest first
         self._counter = 0
         self.rejected: dict[str, int] = {code: 0 for code in REASONS}
@@ -155,6 +156,8 @@ class Mempool:
                 del self._by_sender[tx.sender]
             raise self._reject("mempool_full", f"the mempool holds {self.max_txs} transactions")
         self._counter += 1
+        if not pending:
+            self._sender_of_address[tx.sender_address.raw] = tx.sender
         self._by_id[tx.tx_id] = MempoolEntry(tx, raw, tx.sender, self._counter)
         pending[tx.nonce] = tx.tx_id
         self._arrivals[tx.tx_id] = None
@@ -188,6 +191,7 @@ class Mempool:
             pending.pop(entry.tx.nonce, None)
             if not pending:
                 del self._by_sender[entry.sender]
+                self._sender_of_address.pop(entry.tx.sender_address.raw, None)
         return entry
 
     # ---------------------------------------------------------------- blocks
@@ -250,6 +254,15 @@ class Mempool:
                 entry = self._by_id[tx_id]
                 if entry.tx.expiry <= height:
                     self._remove(tx_id)
+
+    def pending_nonce(self, address: bytes, committed: int) -> int:
+        """The next nonce of ``address`` counting its waiting transactions (consecutive from ``committed``)."""
+        sender = self._sender_of_address.get(address)
+        pending = self._by_sender.get(sender, {}) if sender is not None else {}
+        nonce = committed
+        while nonce in pending:
+            nonce += 1
+        return nonce
 
     def pending_ids(self) -> list[bytes]:
         return list(self._arrivals)

@@ -1,0 +1,289 @@
+"""The block pipeline of one shard: build, validate, execute, commit.
+
+Consensus orders opaque batches; this module is the application behind it (the
+``consensus.types.Application`` the replica calls). A batch is an encoded block.
+
+* **Build** (the leader): take transactions from the mempool, execute them on top of
+  the committed state, compute the state root and receipts root, and sign nothing: the
+  block's authority comes from the commit certificate consensus attaches.
+* **Validate** (every validator, before voting): the block must extend the committed
+  head, carry the current validator set's hash, a time not earlier than its parent's
+  and not further ahead of this validator's clock than ``max_clock_skew_s``, a correct
+  transaction root, only correctly signed transactions for this shard, and, once
+  executed here, exactly the state root and receipts root in its header. A block that
+  fails any check is never voted for (the reason is logged).
+* **Commit**: the prepared execution of a validated block is committed as is (one LMDB
+  write transaction with its certificate, receipts and index entries), so no validator
+  executes a block twice. A block committed without having been validated here (a Raft
+  follower, a replica that catches up) is executed at commit and its roots checked:
+  a mismatch stops the node rather than let it diverge silently.
+* **Null batches**: a BFT view change may fill a sequence gap with the null batch
+  ``b""``. Its block is derived, never proposed: same state as its parent, no
+  transactions, the parent's time, no proposer. Every replica derives the same header.
+
+Execution is deterministic (``contracts``), so the same block gives the same roots on
+every validator and observer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from contracts.executor import BlockContext, apply_genesis_document
+from ledger import codec
+from ledger.block import (
+    NULL_DIGEST,
+    ZERO_HASH,
+    Block,
+    BlockError,
+    BlockHeader,
+    null_block,
+    receipts_root,
+    tx_root,
+)
+from ledger.certificate import CommitCertificate
+from ledger.crypto import tagged_hash
+from ledger.genesis import Genesis
+from ledger.log import get_logger
+from ledger.merkle import EMPTY_ROOT
+from ledger.store import PreparedState, Store
+from ledger.tx import Receipt, Transaction
+from ledger.validators import ValidatorSet
+
+__all__ = ["Chain", "ChainError", "Executed"]
+
+
+class ChainError(RuntimeError):
+    """The node cannot continue safely (for example its execution diverged from a certified block)."""
+
+
+@dataclass
+class Executed:
+    """A block executed here: its prepared state and receipts, ready to commit."""
+
+    block: Block
+    encoded: bytes
+    prepared: PreparedState
+    receipts: list[Receipt]
+    encoded_receipts: list[bytes] = field(default_factory=list)
+
+
+class Chain:
+    def __init__(
+        self,
+        genesis: Genesis,
+        store: Store,
+        executor,
+        *,
+        clock: Callable[[], float] = time.time,
+        verified_cache: set[bytes] | None = None,
+        logger=None,
+    ) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.validators: ValidatorSet = genesis.validators
+        self.max_skew = genesis.param("max_clock_skew_s")
+        self.log = logger or get_logger(shard=self.chain_id)
+        # Transactions whose signatures this node already checked (mempool admission).
+        self.verified = verified_cache if verified_cache is not None else set()
+        self._executed: dict[bytes, Executed] = {}  # block hash -> execution, until committed
+        self._decoded: dict[bytes, Block] = {}  # batch digest -> decoded block (bounded)
+        self.on_commit: list[Callable[[Block, list[Receipt], bytes], None]] = []
+
+    # ------------------------------------------------------------------ genesis and head
+
+    def ensure_genesis(self) -> None:
+        """Apply the genesis state as block 0 if the store is empty."""
+        if self.store.height is not None:
+            return
+        writes = apply_genesis_document(self.genesis, executor=self.executor).writes
+        prepared = self.store.prepare_state(writes)
+        header = BlockHeader(
+            self.chain_id, 0, ZERO_HASH, EMPTY_ROOT, prepared.root, EMPTY_ROOT,
+            self.genesis.genesis_time, b"", self.validators.hash,
+        )
+        block = Block(header, ())
+        self.store.apply_block(0, block.hash, block.encode(), None, prepared, (),
+                               {"genesis_hash": self.genesis.hash})
+        self.log.info("genesis applied", state_root=prepared.root.hex())
+
+    @property
+    def height(self) -> int:
+        h = self.store.height
+        return -1 if h is None else h
+
+    def header(self, height: int) -> BlockHeader | None:
+        raw = self.store.block(height)
+        return None if raw is None else Block.decode(raw).header
+
+    def head_header(self) -> BlockHeader:
+        header = self.header(self.height)
+        assert header is not None
+        return header
+
+    # ------------------------------------------------------------------ consensus application
+
+    def digest(self, batch: bytes) -> bytes:
+        if not batch:
+            return NULL_DIGEST
+        block = self._decode(batch)
+        return block.hash if block is not None else tagged_hash(b"gridledger/undecodable", batch)
+
+    def _decode(self, batch: bytes) -> Block | None:
+        key = tagged_hash(b"gridledger/batch", batch)
+        block = self._decoded.get(key)
+        if block is None:
+            try:
+                block = Block.decode(batch)
+            except BlockError:
+                return None
+            if len(self._decoded) > 64:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[key] = block
+        return block
+
+    def validate(self, height: int, batch: bytes) -> bool:
+        """Consensus asks before voting: is this batch an acceptable block at ``height``?"""
+        if not batch:
+            return True
+        try:
+            self.check_proposal(height, batch)
+        except (BlockError, ChainError) as exc:
+            self.log.warning("proposal refused", height=height, reason=str(exc))
+            return False
+        return True
+
+    def check_proposal(self, height: int, batch: bytes, *, certified: bool = False) -> Executed:
+        """Check and execute a block at ``height``; raises :class:`BlockError` saying what is wrong.
+
+        ``certified`` blocks (already committed by a quorum) skip the clock check: a node
+        catching up replays blocks whose time was checked by the validators of the day.
+        """
+        block = self._decode(batch)
+        if block is None:
+            raise BlockError("malformed", "the batch is not a block")
+        cached = self._executed.get(block.hash)
+        if cached is not None:
+            return cached
+        header = block.header
+        parent = self.head_header()
+        if header.chain_id != self.chain_id:
+            raise BlockError("wrong_chain", f"block is for shard {header.chain_id!r}")
+        if header.height != height or height != parent.height + 1:
+            raise BlockError("bad_height", f"block height {header.height} does not follow {parent.height}")
+        if header.prev_hash != parent.hash:
+            raise BlockError("bad_parent", "block does not extend the committed head")
+        if header.validator_set_hash != self.validators.hash:
+            raise BlockError("bad_validator_set", "block names another validator set")
+        if header.proposer not in self.validators:
+            raise BlockError("bad_proposer", "block proposer is not a validator")
+        if header.time < parent.time:
+            raise BlockError("bad_time", f"block time {header.time} is earlier than its parent's {parent.time}")
+        if not certified and header.time > int(self.clock()) + self.max_skew:
+            raise BlockError("bad_time", f"block time {header.time} is too far ahead of this validator's clock")
+        block.check_tx_root()
+        for i, tx in enumerate(block.txs):
+            if tx.chain_id != self.chain_id:
+                raise BlockError("bad_tx", f"transaction {i} is for another shard")
+            if tx.expiry < height:
+                raise BlockError("bad_tx", f"transaction {i} expired at height {tx.expiry}")
+            if tx.tx_id not in self.verified and not tx.signature_ok():
+                raise BlockError("bad_tx", f"transaction {i} has a bad signature")
+        executed = self._execute(block, batch)
+        if executed.prepared.root != header.state_root:
+            raise BlockError("bad_state_root", "executing the block gives another state root than its header's")
+        if receipts_root(executed.encoded_receipts) != header.receipts_root:
+            raise BlockError("bad_receipts_root", "executing the block gives other receipts than its header's")
+        self._executed[block.hash] = executed
+        return executed
+
+    def _execute(self, block: Block, encoded: bytes) -> Executed:
+        store = self.store
+        result = self.executor.execute_block(
+            _Reader(store), self._context(block.header), list(block.txs)
+        )
+        prepared = store.prepare_state(result.writes)
+        receipts = list(result.receipts)
+        return Executed(block, encoded, prepared, receipts, [r.encode() for r in receipts])
+
+    def _context(self, header: BlockHeader) -> BlockContext:
+        return BlockContext(self.chain_id, header.height, header.time, header.proposer)
+
+    def validator_set_change(self, height: int, batch: bytes) -> ValidatorSet | None:
+        return None
+
+    # ------------------------------------------------------------------ building (the leader)
+
+    def build(self, txs: list[Transaction], proposer: bytes) -> tuple[bytes, Executed]:
+        """Execute ``txs`` on the committed head and return the encoded block proposal."""
+        parent = self.head_header()
+        now = max(parent.time, int(self.clock()))
+        header = BlockHeader(
+            self.chain_id, parent.height + 1, parent.hash, tx_root([t.encode() for t in txs]),
+            ZERO_HASH, EMPTY_ROOT, now, proposer, self.validators.hash,
+        )
+        draft = Block(header, tuple(txs))
+        executed = self._execute(draft, b"")
+        header = BlockHeader(
+            header.chain_id, header.height, header.prev_hash, header.tx_root, executed.prepared.root,
+            receipts_root(executed.encoded_receipts), header.time, header.proposer, header.validator_set_hash,
+        )
+        block = Block(header, tuple(txs))
+        encoded = block.encode()
+        executed = Executed(block, encoded, executed.prepared, executed.receipts, executed.encoded_receipts)
+        self._executed[block.hash] = executed
+        return encoded, executed
+
+    # ------------------------------------------------------------------ committing
+
+    def commit(self, height: int, batch: bytes, certificate: CommitCertificate) -> Executed:
+        """Commit the block consensus finalised at ``height`` with its certificate."""
+        if height != self.height + 1:
+            raise ChainError(f"consensus committed height {height} but the store is at {self.height}")
+        if not batch:
+            block = null_block(self.head_header(), height)
+            prepared = self.store.prepare_state({})
+            executed = Executed(block, block.encode(), prepared, [], [])
+        else:
+            block = self._decode(batch)
+            if block is None:
+                raise ChainError(f"the committed batch at height {height} is not a block")
+            executed = self._executed.get(block.hash)
+            if executed is None or executed.prepared.parent_root != self.store.state_root:
+                self._executed.pop(block.hash, None)
+                try:
+                    executed = self.check_proposal(height, batch, certified=True)
+                except BlockError as exc:
+                    raise ChainError(f"committed block {height} does not execute to its header here: {exc}") from None
+        tx_entries = [(tx.tx_id, r) for tx, r in zip(executed.block.txs, executed.encoded_receipts, strict=True)]
+        self.store.apply_block(
+            height, executed.block.hash, executed.encoded, certificate.encode(), executed.prepared, tx_entries
+        )
+        self._executed.clear()
+        for tx in executed.block.txs:
+            self.verified.discard(tx.tx_id)
+        for callback in self.on_commit:
+            callback(executed.block, executed.receipts, executed.prepared.root)
+        return executed
+
+
+class _Reader:
+    """What the executor reads: the committed state."""
+
+    __slots__ = ("_get",)
+
+    def __init__(self, store: Store, at: PreparedState | None = None) -> None:
+        get = store.get
+        self._get = (lambda key: get(key)) if at is None else (lambda key: get(key, at=at))
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._get(key)
+
+
+def decode_value(raw: bytes | None):
+    return None if raw is None else codec.decode(raw, allow_maps=True)

@@ -1,0 +1,454 @@
+"""One gridledger node serving one shard: a validator or a regulator's observer.
+
+    node = Node(NodeConfig.load("node.toml"))
+    await node.start()      # store, consensus, peers, API
+    ...
+    await node.stop()
+
+A **validator** runs the shard's consensus replica (BFT or Raft, from genesis), talks
+to the other validators over the peer mesh, admits transactions into its mempool,
+gossips them to its peers, and, while it leads, proposes blocks built from them.
+An **observer** never votes or proposes: it follows the validators' public APIs,
+verifies every block's certificate and re-executes the block before applying it,
+serves the same read API with proofs, and forwards submitted transactions to a
+validator.
+
+Frames on the peer mesh carry a one-byte tag: consensus messages, or a batch of
+gossiped transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from consensus import protocols
+from consensus.types import Commit, ConsensusConfig, FetchState, Propose
+from contracts.executor import Executor, nonce_key
+from ledger import codec
+from ledger.block import NULL_DIGEST
+from ledger.crypto import PrivateKey
+from ledger.genesis import Genesis
+from ledger.keystore import load_key
+from ledger.log import configure, get_logger
+from ledger.store import Store
+from ledger.tx import Transaction
+from node.api import ApiServer
+from node.chain import Chain, ChainError
+from node.config import ConfigError, NodeConfig
+from node.driver import ConsensusDriver, NodeSigner, NodeVerifier
+from node.events import EventHub, Waiters, decode_int
+from node.mempool import Mempool, TxRejected
+from node.metrics import NodeMetrics, Registry
+
+__all__ = ["Node", "NodeError"]
+
+TAG_CONSENSUS = b"\x00"
+TAG_TXS = b"\x01"
+# Gossip is flushed in batches: one frame per peer every few milliseconds instead of
+# one per transaction.
+GOSSIP_FLUSH_S = 0.005
+GOSSIP_MAX_BATCH = 500
+# Empty blocks keep block time moving (cross-shard timeouts and gate closure are
+# measured in block time) without filling the chain when nothing happens.
+EMPTY_BLOCK_INTERVAL_S = 1.0
+RECENT_REJECTIONS = 10_000
+
+
+class NodeError(RuntimeError):
+    """The node cannot start or must stop; the message says why."""
+
+
+class Node:
+    def __init__(self, config: NodeConfig, *, password: str | None = None) -> None:
+        self.config = config
+        configure(config.log.mode, config.log.level)
+        self.genesis = Genesis.load(config.genesis)
+        self.chain_id = self.genesis.chain_id
+        self.protocol = self.genesis.protocol
+        self.role = config.role
+        self.validators = self.genesis.validators
+        self.genesis_hash = self.genesis.hash
+        self.key, self.bls_secret = self._load_key(password)
+        self.node_key = self.key.public_key.raw if self.key else b""
+        self.name = config.name or (self._my_validator_name() if self.key else "observer")
+        self.log = get_logger(shard=self.chain_id, node=self.name, role=self.role)
+        self.registry = Registry()
+        self.metrics = self.registry
+        self.node_metrics = NodeMetrics.create(self.registry)
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = Store.open(
+            os.path.join(config.data_dir, "store"), self.chain_id, genesis_hash=self.genesis_hash,
+            map_size=config.store.map_size,
+        )
+        self.executor = Executor()
+        self.chain = Chain(self.genesis, self.store, self.executor, logger=self.log)
+        self.chain.ensure_genesis()
+        self.chain.on_commit.append(self._committed)
+        self.mempool = Mempool(
+            self.chain_id, max_txs=config.mempool.max_txs, max_per_sender=config.mempool.max_per_sender,
+            nonce_window=config.mempool.nonce_window, max_gas=self.genesis.param("block_gas_limit"),
+            next_nonce=self.committed_nonce,
+        )
+        self.waiters = Waiters()
+        self.hub = EventHub(self.store)
+        self._rejected: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
+        self._gossip: list[bytes] = []
+        self._gossip_timer: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._proposed: tuple[int, float] | None = None  # (height, when) of our proposal in flight
+        self._last_block_at = time.monotonic()
+        self._stopping = asyncio.Event()
+        self.fatal: str | None = None
+        self.driver: ConsensusDriver | None = None
+        self.mesh = None
+        self.api = ApiServer(self, max_request_bytes=config.api.max_request_bytes, logger=self.log)
+        self.node_metrics.height.set(self.chain.height)
+        self.node_metrics.mempool_size.set_function(lambda: len(self.mempool))
+        if self.role == "validator":
+            self._setup_validator()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _load_key(self, password: str | None) -> tuple[PrivateKey | None, bytes]:
+        if self.config.role == "observer" and not self.config.key_file:
+            return None, b""
+        password = password if password is not None else os.environ.get(self.config.password_env)
+        key_file = load_key(self.config.key_file, password, allow_plaintext=self.config.dev)
+        if key_file.kind == "validator":
+            return PrivateKey(key_file.secret[:32]), key_file.secret[32:]
+        if self.config.role == "validator":
+            raise NodeError(f"key file {self.config.key_file} holds an account key; a validator needs a validator key "
+                            "(gridledger keys new --role validator)")
+        return PrivateKey(key_file.secret[:32]), b""
+
+    def _my_validator_name(self) -> str:
+        index = self.validators.index_of(self.node_key)
+        if index is None:
+            if self.config.role == "validator":
+                raise NodeError(f"this node's key {self.node_key.hex()[:16]}... is not a validator of shard {self.chain_id}")
+            return "observer"
+        return self.validators.validators[index].name or f"validator-{index}"
+
+    def _setup_validator(self) -> None:
+        from node.tls import PeerTls, make_node_certificate
+        from node.transport import MeshLimits, PeerMesh
+
+        spec = protocols.get(self.protocol)
+        tick_ms = self.genesis.param("tick_ms")
+        consensus_config = ConsensusConfig(
+            chain_id=self.chain_id,
+            validators=self.validators,
+            timeout_ticks=max(4, self.genesis.param("view_timeout_ms") // tick_ms),
+            heartbeat_ticks=max(1, self.genesis.param("view_timeout_ms") // tick_ms // 10),
+            checkpoint_interval=self.genesis.param("checkpoint_interval"),
+            window=max(64, self.genesis.param("checkpoint_interval")),
+            seed=int.from_bytes(self.node_key[:8], "big"),
+        )
+        self.spec = spec
+        replica = spec.make_replica(
+            consensus_config, NodeSigner(self.chain_id, self.key, self.bls_secret), NodeVerifier(self.chain_id), self.chain
+        )
+        self.driver = ConsensusDriver(
+            replica, consensus_config, store=self.store, send=self._send_consensus, broadcast=self._broadcast_consensus,
+            commit=self._consensus_commit, fetch_state=self._fetch_state, tick_ms=tick_ms, logger=self.log,
+        )
+        peers: dict[bytes, str | None] = {}
+        for v in self.validators:
+            if v.node_key != self.node_key:
+                peers[v.node_key] = None
+        for key_hex, url in self.config.peer.peers.items():
+            key = bytes.fromhex(key_hex)
+            if key not in peers:
+                raise ConfigError(f"peer.peers names {key_hex[:16]}..., which is not a validator of {self.chain_id}")
+            peers[key] = url
+        tls = None
+        if self.config.peer.tls:
+            certs = self.genesis.tls_certs
+            if self.node_key not in certs:
+                raise NodeError("peer.tls is on but genesis has no TLS certificate for this validator")
+            cert, _ = make_node_certificate(self.key, self.name)
+            if cert.decode() != certs[self.node_key]:
+                raise NodeError("this validator's certificate does not match the one in genesis (was the key or name changed?)")
+            tls = PeerTls.for_validator(self.key, cert, {k: c.encode() for k, c in certs.items() if k != self.node_key})
+        self.mesh = PeerMesh(
+            self.key, self.chain_id, peers, tls=tls, on_message=self._on_peer_message,
+            limits=MeshLimits(queue_frames=self.config.peer.queue_len), listen=(self.config.peer.host, self.config.peer.port),
+            logger=self.log,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.api.start(self.config.api.host, self.config.api.port)
+        if self.role == "validator":
+            assert self.driver is not None and self.mesh is not None
+            await self.mesh.start()
+            self.driver.start()
+            self._tasks.append(asyncio.create_task(self._tick_loop(), name="consensus-ticks"))
+            self._tasks.append(asyncio.create_task(self._propose_loop(), name="proposer"))
+        else:
+            from node.follow import Follower
+
+            self.follower = Follower(self)
+            self._tasks.append(asyncio.create_task(self.follower.run(), name="follower"))
+        self.log.info("node started", height=self.chain.height, api_port=self.api.port,
+                      peer_port=getattr(self.mesh, "listen_port", None))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self.mesh is not None:
+            await self.mesh.stop()
+        await self.api.stop()
+        self.store.close()
+        self.log.info("node stopped", height=self.chain.height)
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    def _die(self, reason: str) -> None:
+        self.fatal = reason
+        self.log.critical("node must stop", reason=reason)
+        self._stopping.set()
+
+    # ------------------------------------------------------------------ consensus plumbing
+
+    def _send_consensus(self, to: bytes, payload: bytes) -> bool:
+        return self.mesh.send(to, TAG_CONSENSUS + payload)
+
+    def _broadcast_consensus(self, payload: bytes) -> int:
+        return self.mesh.broadcast(TAG_CONSENSUS + payload)
+
+    async def _on_peer_message(self, sender: bytes, payload: bytes) -> None:
+        if not payload:
+            return
+        tag, body = payload[:1], payload[1:]
+        if tag == TAG_CONSENSUS:
+            self._step_guarded(lambda: self.driver.receive(sender, body))
+        elif tag == TAG_TXS:
+            self._admit_gossip(sender, body)
+        else:
+            self.mesh.disconnect(sender, f"unknown frame tag {tag.hex()}")
+
+    def _step_guarded(self, step) -> None:
+        try:
+            step()
+        except ChainError as exc:
+            self._die(str(exc))
+
+    async def _tick_loop(self) -> None:
+        interval = self.driver.tick_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self._step_guarded(self.driver.tick)
+            self.node_metrics.peers.set(len(self.mesh.connected()))
+
+    def _consensus_commit(self, c: Commit) -> tuple[int, bytes, bytes] | None:
+        height = self.chain.height
+        if c.height <= height:
+            stored = self.store.block_hash(c.height)
+            if c.digest != NULL_DIGEST and stored != c.digest:
+                raise ChainError(f"consensus committed another block at height {c.height} than this store holds")
+            header = self.chain.header(c.height)
+            return c.height, c.digest, header.state_root
+        if c.height > height + 1:
+            self.log.warning("committed height ahead of the store", committed=c.height, store=height)
+            return None
+        started = time.perf_counter()
+        executed = self.chain.commit(c.height, c.batch, c.certificate)
+        self.node_metrics.apply_seconds.observe(time.perf_counter() - started)
+        return c.height, c.digest, executed.prepared.root
+
+    def _fetch_state(self, action: FetchState) -> None:
+        self.log.warning("consensus asks for state transfer", checkpoint=action.checkpoint.height, store=self.chain.height)
+
+    def is_leader(self) -> bool:
+        return self.driver is not None and bool(self.spec.is_leader(self.driver.replica))
+
+    async def _propose_loop(self) -> None:
+        interval = self.genesis.param("block_interval_ms") / 1000
+        timeout = self.genesis.param("view_timeout_ms") / 1000
+        max_txs = self.genesis.param("block_max_txs")
+        max_bytes = self.genesis.param("block_max_bytes")
+        while True:
+            await asyncio.sleep(interval)
+            if not self.is_leader():
+                self._proposed = None
+                continue
+            height = self.chain.height
+            if self._proposed is not None:
+                proposed_height, when = self._proposed
+                if proposed_height > height and time.monotonic() - when < timeout:
+                    continue  # our last proposal is still in flight
+            if not len(self.mempool) and time.monotonic() - self._last_block_at < EMPTY_BLOCK_INTERVAL_S:
+                continue
+            entries = self.mempool.select(max_txs=max_txs, max_bytes=max_bytes, height=height + 1)
+            try:
+                batch, _ = self.chain.build([e.tx for e in entries], self.node_key)
+            except ChainError as exc:
+                self._die(str(exc))
+                return
+            self._proposed = (height + 1, time.monotonic())
+            self._step_guarded(lambda: self.driver.step(Propose(batch)))
+
+    # ------------------------------------------------------------------ commits
+
+    def _committed(self, block, receipts, state_root: bytes) -> None:
+        self._last_block_at = time.monotonic()
+        self.mempool.remove_committed(block.tx_ids, block.height)
+        for tx_id in block.tx_ids:
+            self.waiters.resolve(tx_id, True)
+        self.hub.publish(block, receipts)
+        m = self.node_metrics
+        m.height.set(block.height)
+        m.committed_blocks.inc()
+        m.committed_txs.inc(len(block.txs))
+        m.committed_tps.add(len(block.txs))
+        self.log.debug("block committed", height=block.height, txs=len(block.txs))
+
+    # ------------------------------------------------------------------ transactions
+
+    def committed_nonce(self, sender_public_key: bytes) -> int:
+        from ledger.crypto import Address
+
+        return decode_int(self.store.get(nonce_key(Address.from_public_key(sender_public_key).raw)))
+
+    def _admit(self, raw: bytes) -> Transaction:
+        tx = self.mempool.check(raw, self.chain.height)
+        self.mempool.add(raw, self.chain.height, verified=tx)
+        self.chain.verified.add(tx.tx_id)
+        return tx
+
+    def _admit_gossip(self, sender: bytes, body: bytes) -> None:
+        try:
+            raws = codec.decode(body, max_size=self.config.peer.max_frame_bytes)
+        except codec.CodecError as exc:
+            self.mesh.disconnect(sender, f"malformed transaction gossip: {exc}")
+            return
+        if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):
+            self.mesh.disconnect(sender, "transaction gossip is a list of encoded transactions")
+            return
+        for raw in raws:
+            try:
+                self._admit(raw)
+            except TxRejected:
+                pass  # duplicates are normal in gossip; the rest is counted by the mempool
+
+    def _queue_gossip(self, raw: bytes) -> None:
+        if self.mesh is None:
+            return
+        self._gossip.append(raw)
+        if len(self._gossip) >= GOSSIP_MAX_BATCH:
+            self._flush_gossip()
+        elif self._gossip_timer is None:
+            self._gossip_timer = asyncio.get_running_loop().call_later(GOSSIP_FLUSH_S, self._flush_gossip)
+
+    def _flush_gossip(self) -> None:
+        if self._gossip_timer is not None:
+            self._gossip_timer.cancel()
+            self._gossip_timer = None
+        if self._gossip:
+            self.mesh.broadcast(TAG_TXS + codec.encode(self._gossip))
+            self._gossip = []
+
+    # ------------------------------------------------------------------ NodeView
+
+    async def submit(self, raw: bytes) -> bytes:
+        if self.role == "observer":
+            return await self.follower.forward(raw)
+        tx = self._admit(raw)
+        self._queue_gossip(raw)
+        return tx.tx_id
+
+    async def submit_many(self, raws: Sequence[bytes]) -> list[bytes | TxRejected]:
+        if self.role == "observer":
+            return await self.follower.forward_many(raws)
+        results: list[bytes | TxRejected] = []
+        for raw in raws:
+            try:
+                tx = self._admit(raw)
+            except TxRejected as exc:
+                results.append(exc)
+                continue
+            self._queue_gossip(raw)
+            results.append(tx.tx_id)
+        return results
+
+    async def wait_for(self, tx_id: bytes, timeout_s: float) -> bool:
+        if self.store.tx_location(tx_id) is not None:
+            return True
+        if tx_id in self._rejected:
+            return False
+        future = self.waiters.wait(tx_id)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except asyncio.TimeoutError:
+            return self.store.tx_location(tx_id) is not None
+        finally:
+            self.waiters.forget(tx_id, future)
+
+    def tx_pending(self, tx_id: bytes) -> bool:
+        if self.role == "observer":
+            return self.follower.forwarded(tx_id)
+        return tx_id in self.mempool
+
+    def tx_rejected(self, tx_id: bytes) -> tuple[str, str] | None:
+        return self._rejected.get(tx_id)
+
+    def account(self, address: bytes) -> dict:
+        nonce = decode_int(self.store.get(nonce_key(address)))
+        return {"nonce": nonce, "pending_nonce": self.mempool.pending_nonce(address, nonce), "roles": []}
+
+    def events(self, contract, name, from_height):
+        return self.hub.stream(contract, name, from_height)
+
+    def status(self) -> dict:
+        status = {
+            "shard": self.chain_id,
+            "role": self.role,
+            "name": self.name,
+            "height": self.chain.height,
+            "mempool": len(self.mempool),
+            "catching_up": False,
+        }
+        if self.driver is not None:
+            replica = self.driver.replica
+            leader = self.driver.replica.leader() if callable(getattr(replica, "leader", None)) else getattr(replica, "leader", None)
+            status.update({
+                "peers": len(self.mesh.connected()),
+                "leader": leader.hex() if isinstance(leader, bytes) else None,
+                "is_leader": self.is_leader(),
+            })
+            if self.protocol == "bft":
+                status["view"] = getattr(replica, "view", None)
+            else:
+                status["term"] = getattr(replica, "term", None)
+        else:
+            status.update(self.follower.status() if hasattr(self, "follower") else {})
+        if self.fatal:
+            status["fatal"] = self.fatal
+        return status
+
+    def ready(self) -> bool:
+        if self.fatal:
+            return False
+        if self.role == "validator":
+            quorum = self.validators.bft_quorum if self.protocol == "bft" else self.validators.majority
+            return len(self.mesh.connected()) + 1 >= quorum
+        return hasattr(self, "follower") and self.follower.caught_up()
+
+    def shards(self) -> list[dict]:
+        return [{"shard": self.chain_id, "height": self.chain.height, "certified_height": self.chain.height,
+                 "protocol": self.protocol, "validators": self.validators.n}]
