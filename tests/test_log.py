@@ -4,8 +4,18 @@ import io
 import json
 
 import pytest
+import structlog
 
 from ledger import log
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    # These tests reconfigure the process-wide logger (level warning, a private
+    # stream); later tests must not inherit that.
+    yield
+    structlog.reset_defaults()
+    log._configured = None
 
 
 def test_json_mode_writes_one_json_object_per_line_with_bound_context():
