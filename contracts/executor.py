@@ -1,0 +1,394 @@
+"""Applying a block's transactions to state: nonces, gas accounting, calls, deployments.
+
+    result = Executor().execute_block(state_reader, BlockContext(shard, height, time), txs)
+    result.writes     # {key: value or None (delete)}, sorted by key, for the store
+    result.receipts   # one ledger.tx.Receipt per transaction, in order
+
+The state reader is anything with ``get(key: bytes) -> bytes | None`` (the store's
+committed state). The executor never writes to it; the store applies ``writes`` and
+computes the state root.
+
+**Rules per transaction, in order.** Each refusal gets a failed receipt with
+``gas_used`` 0 and changes *nothing* (not even the nonce), because every one of them
+can be decided before execution and a proposer should not have included it:
+
+1. ``wrong_chain``: the transaction is for another shard;
+2. ``expired``: the block is past the transaction's expiry height;
+3. ``bad_signature``: only with ``verify_signatures=True``. By default the node
+   verifies signatures when it admits a transaction to its mempool and when it
+   validates a proposed block, before executing it, and the executor does not
+   repeat that (an Ed25519 check costs more than a transfer);
+4. ``gas_limit``: the gas limit exceeds ``MAX_TX_GAS``; ``malformed``: the
+   transaction cannot be encoded (possible only for one built in-process);
+5. ``bad_nonce``: the nonce is not the sender's next nonce. Nonces are sequential
+   per sender address from 0; the next nonce lives at
+   ``state_key("accounts", "nonce", [address])`` (absent means 0);
+6. the admission policy, when one is given, may refuse with its own code
+   (membership and roles come with the membership contract; this is its hook).
+
+Otherwise the transaction *executes*: its call (or deployment) runs against its own
+layer of writes; success commits the layer, failure (``out_of_gas``,
+``contract_error``, ``limit``, ``not_found``, ``bad_args``, ``not_allowed``,
+``reentrancy``, ``name_taken``, ``rejected``...) drops every write and event of it.
+Either way the sender's nonce advances and the gas used is added to the sender's
+cumulative account at ``state_key("accounts", "gas_used", [address])``: gridledger
+is permissioned, so gas is a metered quota per participant rather than a coin.
+
+**Deployment** is ``Transaction(contract="system", function="deploy", args=[name,
+source])`` (optionally a third argument: the constructor's arguments as a list),
+allowed to senders holding the deployer role (``state_key("system", "deployers",
+[address])``, written from genesis for now); a taken name is refused. The receipt's
+result is the code hash.
+
+Execution runs with Python warnings ignored, so a node's ``-W`` settings can never
+change an outcome; the interpreter must not run with ``-b`` (checked at start), and
+the recursion limit is raised if needed so the runtime always has
+``RECURSION_HEADROOM`` frames below the caller (its own bounds need far fewer).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from contracts.runtime import gas as G
+from contracts.runtime.engine import (
+    SYSTEM,
+    BlockContext,
+    Runtime,
+    contract_address,
+    deployer_key,
+    describe_failure,
+)
+from contracts.runtime.errors import ContractError
+from contracts.runtime.storage import BlockState, StateReader, decode_value
+from contracts.runtime.worker import ExecutorUnavailable, IsolatedExecutor
+from ledger import codec
+from ledger.crypto import Address
+from ledger.statekeys import state_key
+from ledger.tx import Event, Receipt, Transaction, TxError
+
+__all__ = [
+    "AdmissionPolicy",
+    "BlockContext",
+    "BlockResult",
+    "Executor",
+    "ExecutorUnavailable",
+    "IsolatedExecutor",
+    "GENESIS_ADDRESS",
+    "GenesisContract",
+    "StateView",
+    "apply_genesis",
+    "apply_genesis_document",
+    "execute_block",
+    "gas_used_key",
+    "nonce_key",
+]
+
+# The deployer of genesis contracts that name no deployer.
+GENESIS_ADDRESS = bytes(20)
+# Python frames the runtime may need below the executor: 64 contract frames, each
+# possibly through a builtin (sorted's key...), 8 contract calls, codec walks.
+# Well under this, so no outcome can depend on how deep the node's stack already is.
+RECURSION_HEADROOM = 1000
+_ZERO_HASH = bytes(32)
+
+
+def nonce_key(address: bytes) -> bytes:
+    return state_key("accounts", "nonce", [address])
+
+
+def gas_used_key(address: bytes) -> bytes:
+    return state_key("accounts", "gas_used", [address])
+
+
+class StateView:
+    """Read-only state as of the current point of the block (for admission policies)."""
+
+    __slots__ = ("_block",)
+
+    def __init__(self, block: BlockState) -> None:
+        self._block = block
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._block.get(key)
+
+    def value(self, contract: str, name: str, parts: Sequence = ()) -> Any:
+        """The decoded value stored under ``state_key(contract, name, parts)``, or None."""
+        raw = self._block.get(state_key(contract, name, list(parts)))
+        return None if raw is None else decode_value(raw)
+
+
+# (state, transaction, sender address) -> None to admit, or (code, message) to refuse.
+AdmissionPolicy = Callable[[StateView, Transaction, bytes], "tuple[str, str] | None"]
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    writes: dict[bytes, bytes | None]
+    receipts: tuple[Receipt, ...]
+    gas_used: int
+
+
+@dataclass(frozen=True)
+class GenesisContract:
+    """A system contract deployed at height 0."""
+
+    name: str
+    source: str
+    args: tuple = ()
+    deployer: bytes = GENESIS_ADDRESS
+
+
+def _refused(code: str, message: str) -> Receipt:
+    return Receipt(False, 0, (), (code, message), None)
+
+
+def _ensure_recursion_headroom() -> None:
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    if sys.getrecursionlimit() < depth + RECURSION_HEADROOM:
+        sys.setrecursionlimit(depth + RECURSION_HEADROOM)
+
+
+def _read_int(block: BlockState, key: bytes) -> int:
+    raw = block.get(key)
+    return 0 if raw is None else decode_value(raw)
+
+
+class Executor:
+    """Executes blocks; holds the runtime and its caches, so keep one per shard."""
+
+    def __init__(
+        self,
+        *,
+        metered: bool = True,
+        verify_signatures: bool = False,
+        admission: AdmissionPolicy | None = None,
+        max_tx_gas: int = G.MAX_TX_GAS,
+    ) -> None:
+        if sys.flags.bytes_warning:
+            raise RuntimeError("run gridledger without python -b/-bb: it would make str/bytes comparisons in contracts fail on this node only")
+        self.runtime = Runtime(metered=metered)
+        self.verify_signatures = verify_signatures
+        self.admission = admission
+        self.max_tx_gas = min(max_tx_gas, G.MAX_TX_GAS)
+
+    # ------------------------------------------------------------ blocks
+
+    def execute_block(self, state_reader: StateReader, block_context: BlockContext, txs: Iterable[Transaction]) -> BlockResult:
+        """Execute ``txs`` in order on top of ``state_reader``; see the module docstring."""
+        block = BlockState(state_reader)
+        receipts = []
+        total = 0
+        _ensure_recursion_headroom()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for tx in txs:
+                receipt = self.execute_transaction(block, block_context, tx)
+                receipts.append(receipt)
+                total += receipt.gas_used
+        writes = {k: block.writes[k] for k in sorted(block.writes)}
+        return BlockResult(writes, tuple(receipts), total)
+
+    def execute_transaction(self, block: BlockState, bc: BlockContext, tx: Transaction) -> Receipt:
+        """Execute one transaction on top of ``block`` (whose writes it extends)."""
+        if tx.chain_id != bc.shard:
+            return _refused("wrong_chain", f"transaction is for shard {tx.chain_id}; this is {bc.shard}")
+        if bc.height > tx.expiry:
+            return _refused("expired", f"transaction expired at height {tx.expiry}")
+        if self.verify_signatures and not tx.signature_ok():
+            return _refused("bad_signature", "signature does not verify")
+        if not 1 <= tx.gas_limit <= self.max_tx_gas:
+            return _refused("gas_limit", f"gas limit must be from 1 to {self.max_tx_gas}")
+        try:
+            tx_hash = tx.tx_id
+        except TxError as exc:  # only a transaction built in-process can fail here: decoded ones are canonical
+            return _refused("malformed", exc.message)
+        address = Address.from_public_key(tx.sender).raw
+        nkey = nonce_key(address)
+        expected = _read_int(block, nkey)
+        if tx.nonce != expected:
+            return _refused("bad_nonce", f"nonce {tx.nonce} is not the sender's next nonce {expected}")
+        if self.admission is not None:
+            refusal = self.admission(StateView(block), tx, address)
+            if refusal is not None:
+                return _refused(refusal[0], refusal[1])
+        runtime = self.runtime
+        runtime.begin(block, bc, address, tx_hash, tx.gas_limit)
+        ok, result, error, events = True, None, None, ()
+        try:
+            runtime.charge(G.TX_BASE + G.TX_ARG_BYTE * len(tx.body_bytes))
+            if tx.contract == SYSTEM:
+                result = self._system_call(tx, address)
+            else:
+                result = runtime.call_from_transaction(tx.contract, tx.function, tx.args)
+            writes, event_list = runtime.finish()
+            events = tuple(event_list)
+        except MemoryError:
+            raise  # the node ran out of memory: no validator may record that as an outcome
+        except Exception as exc:  # noqa: BLE001 - every contract failure becomes a receipt
+            ok, result = False, None
+            error = describe_failure(exc, runtime)
+            runtime.finish()
+        gas = runtime.gas_used
+        if ok:
+            block.writes.update(writes)
+        block.writes[nkey] = codec.encode(expected + 1)
+        gkey = gas_used_key(address)
+        block.writes[gkey] = codec.encode(_read_int(block, gkey) + gas)
+        return Receipt(ok, gas, events, error, result)
+
+    def _system_call(self, tx: Transaction, address: bytes) -> Any:
+        if tx.function != "deploy":
+            raise ContractError(f"system has no function {tx.function}; it has deploy", code="not_found")
+        args = tx.args
+        if not 2 <= len(args) <= 3:
+            raise ContractError("deploy takes [name, source] or [name, source, constructor args]", code="bad_args")
+        if self.runtime.tx.get(deployer_key(address)) is None:
+            raise ContractError("only accounts with the deployer role may deploy contracts", code="not_allowed")
+        ctor_args = args[2] if len(args) == 3 else []
+        if type(ctor_args) is not list:
+            raise ContractError("constructor arguments are a list", code="bad_args")
+        return self.runtime.deploy(args[0], args[1], ctor_args, address)
+
+    # ------------------------------------------------------------ reads
+
+    def query(
+        self,
+        state_reader: StateReader,
+        block_context: BlockContext,
+        contract: str,
+        function: str,
+        args: Sequence = (),
+        *,
+        caller: bytes = GENESIS_ADDRESS,
+        gas_limit: int = 10_000_000,
+    ) -> Any:
+        """Call a ``@view`` function read-only; raises :class:`ContractError` on failure."""
+        runtime = self.runtime
+        _ensure_recursion_headroom()
+        runtime.begin(BlockState(state_reader), block_context, caller, _ZERO_HASH, min(gas_limit, G.MAX_TX_GAS))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return runtime.query(contract, function, list(args))
+            except ContractError:
+                raise
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                code, message = describe_failure(exc, runtime)
+                raise ContractError(message, code=code) from None
+            finally:
+                runtime.finish()
+
+    def contract_info(self, state_reader: StateReader, name: str) -> dict:
+        """Address, code hash, exported functions and events (fields, indexed) of a contract."""
+        runtime = self.runtime
+        runtime.begin(BlockState(state_reader), BlockContext("", 0, 0), GENESIS_ADDRESS, _ZERO_HASH, 1)
+        loaded = runtime.contract(name)
+        checked = loaded.code.checked
+        return {
+            "name": name,
+            "address": loaded.address,
+            "code_hash": loaded.code.code_hash,
+            "functions": {
+                f.name: {"kind": f.kind, "reentrant": f.reentrant, "params": [(p.name, p.annotation, p.optional, p.has_default) for p in f.params]}
+                for f in checked.functions.values()
+                if f.kind in ("export", "view")
+            },
+            "events": {e.name: {"fields": list(e.fields), "indexed": list(e.indexed)} for e in checked.events.values()},
+        }
+
+
+def execute_block(state_reader: StateReader, block_context: BlockContext, txs: Iterable[Transaction]) -> BlockResult:
+    """Execute a block with a fresh default :class:`Executor` (keep one instead, for its caches)."""
+    return Executor().execute_block(state_reader, block_context, txs)
+
+
+# ---------------------------------------------------------------- genesis
+
+
+def apply_genesis(
+    state_reader: StateReader | None,
+    block_context: BlockContext,
+    *,
+    deployers: Iterable[bytes] = (),
+    contracts: Iterable[GenesisContract] = (),
+    state: Mapping[bytes, bytes] | None = None,
+    executor: Executor | None = None,
+) -> BlockResult:
+    """The writes of height 0: deployer roles, system contracts (constructors run), raw state.
+
+    Each contract is deployed as by a deploy transaction from its ``deployer``, with
+    ``MAX_TX_GAS``; a failure raises :class:`ContractError`, since a genesis that does
+    not apply must not start a chain.
+    """
+    executor = executor or Executor()
+    block = BlockState(state_reader if state_reader is not None else _Empty())
+    for key, value in (state or {}).items():
+        block.writes[key] = value
+    for address in deployers:
+        if type(address) is not bytes or len(address) != 20:
+            raise ContractError("a deployer is a 20-byte address", code="bad_args")
+        block.writes[deployer_key(address)] = codec.encode(True)
+    receipts = []
+    runtime = executor.runtime
+    _ensure_recursion_headroom()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for spec in contracts:
+            runtime.begin(block, block_context, spec.deployer, _ZERO_HASH, G.MAX_TX_GAS)
+            try:
+                code_hash = runtime.deploy(spec.name, spec.source, list(spec.args), spec.deployer)
+            except ContractError as exc:
+                raise ContractError(f"genesis contract {spec.name}: {exc.message}", code=exc.code, line=exc.line, column=exc.column, rule=exc.rule, hint=exc.hint) from None
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                code, message = describe_failure(exc, runtime)
+                raise ContractError(f"genesis contract {spec.name}: {message}", code=code) from None
+            writes, events = runtime.finish()
+            block.writes.update(writes)
+            receipts.append(Receipt(True, runtime.gas_used, tuple(events), None, code_hash))
+    writes = {k: block.writes[k] for k in sorted(block.writes)}
+    return BlockResult(writes, tuple(receipts), sum(r.gas_used for r in receipts))
+
+
+def apply_genesis_document(genesis: Any, state_reader: StateReader | None = None, executor: Executor | None = None) -> BlockResult:
+    """:func:`apply_genesis` for a ``ledger.genesis.Genesis``.
+
+    Deployers are ``genesis.deployers`` plus every account with the ``deployer``
+    role; ``genesis.app_state[name]``, when present, is the list of constructor
+    arguments of contract ``name``.
+    """
+    deployers = [a.raw for a in genesis.deployers]
+    deployers += [a.address.raw for a in genesis.accounts if "deployer" in a.roles and a.address.raw not in deployers]
+    contracts = []
+    for name, source in genesis.contracts:
+        args = genesis.app_state.get(name, [])
+        if not isinstance(args, list):
+            raise ContractError(f"genesis app_state.{name} must be the list of constructor arguments", code="bad_args")
+        contracts.append(GenesisContract(name, source, tuple(args)))
+    return apply_genesis(
+        state_reader,
+        BlockContext(genesis.chain_id, 0, genesis.genesis_time),
+        deployers=deployers,
+        contracts=contracts,
+        executor=executor,
+    )
+
+
+class _Empty:
+    def get(self, key: bytes) -> bytes | None:
+        return None
+
+
+# re-exported for callers that build contexts and addresses
+__all__ += ["contract_address", "Event"]
