@@ -102,6 +102,7 @@ class Node:
         self._tasks: list[asyncio.Task] = []
         self._proposed: tuple[int, float] | None = None  # (height, when) of our proposal in flight
         self._last_block_at = time.monotonic()
+        self._last_nudge = 0.0
         self._stopping = asyncio.Event()
         self.fatal: str | None = None
         self.driver: ConsensusDriver | None = None
@@ -212,8 +213,9 @@ class Node:
         if self.mesh is not None:
             await self.mesh.stop()
         await self.api.stop()
+        height = self.chain.height
         self.store.close()
-        self.log.info("node stopped", height=self.chain.height)
+        self.log.info("node stopped", height=height)
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
@@ -286,6 +288,7 @@ class Node:
             await asyncio.sleep(interval)
             if not self.is_leader():
                 self._proposed = None
+                self._nudge_leader(timeout)
                 continue
             height = self.chain.height
             if self._proposed is not None:
@@ -302,6 +305,31 @@ class Node:
                 return
             self._proposed = (height + 1, time.monotonic())
             self._step_guarded(lambda: self.driver.step(Propose(batch)))
+
+    def _nudge_leader(self, timeout: float) -> None:
+        """BFT: transactions wait and nothing commits: offer a block, so every replica times the leader.
+
+        The replica sends the batch to the leader and, if it is still not ordered,
+        to everyone; a leader that is down or censoring is then replaced by a view
+        change. Raft needs no nudge: its followers elect a new leader when
+        heartbeats stop.
+        """
+        if self.protocol != "bft" or not len(self.mempool):
+            return
+        now = time.monotonic()
+        if now - self._last_block_at < timeout or now - self._last_nudge < timeout:
+            return
+        self._last_nudge = now
+        entries = self.mempool.select(
+            max_txs=self.genesis.param("block_max_txs"), max_bytes=self.genesis.param("block_max_bytes"),
+            height=self.chain.height + 1,
+        )
+        if not entries:
+            return
+        batch, _ = self.chain.build([e.tx for e in entries], self.node_key)
+        self.log.info("transactions wait and no block commits: offering a block to time the leader",
+                      waiting=len(self.mempool), height=self.chain.height)
+        self._step_guarded(lambda: self.driver.step(Propose(batch)))
 
     # ------------------------------------------------------------------ commits
 
@@ -435,6 +463,14 @@ class Node:
                 status["view"] = getattr(replica, "view", None)
             else:
                 status["term"] = getattr(replica, "term", None)
+            # What the replica counted (drops by reason, view changes, refusals): the
+            # first thing an operator looks at when a shard stalls.
+            counters = getattr(replica, "stats", None) or getattr(replica, "counters", None) or {}
+            status["consensus"] = {
+                "committed": getattr(replica, "committed", getattr(replica, "applied_height", None)),
+                "counters": dict(counters),
+                "last_refusal": getattr(replica, "last_refusal", "") or None,
+            }
         else:
             status.update(self.follower.status() if hasattr(self, "follower") else {})
         if self.fatal:
