@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import demo, devnet, keys, node_cmd
+from cli import client_cmds, demo, devnet, genesis_cmd, keys, node_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser(sub)
     node_cmd.add_parser(sub)
     devnet.add_parser(sub)
+    genesis_cmd.add_parser(sub)
+    client_cmds.add_parsers(sub)
     demo.add_parser(sub)
     return parser
 
