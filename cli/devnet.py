@@ -175,6 +175,8 @@ class Devnet:
             peers = ", ".join(f'"{v.node_key}" = "wss://127.0.0.1:{v.peer_port}/peer/v1"'
                               for v in self.validators() if v.name != node.name)
             lines.append(f"peers = {{ {peers} }}")
+            urls = ", ".join(f'"{v.url}"' for v in self.validators() if v.name != node.name)
+            lines += ["", "[follow]", f"urls = [{urls}]"]
         else:
             urls = ", ".join(f'"{v.url}"' for v in self.validators())
             lines += ["", "[follow]", f"urls = [{urls}]", "poll_ms = 100"]

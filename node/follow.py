@@ -22,10 +22,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from ledger.block import NULL_DIGEST, null_block
-from ledger.certificate import CertificateError
-from ledger.httpclient import ApiError, Client
+from ledger.httpclient import ApiError
 from ledger.tx import Transaction, TxError
+from node.catchup import BlockSource
 from node.chain import ChainError
 from node.mempool import TxRejected
 
@@ -39,29 +38,23 @@ class Follower:
         self.node = node
         self.chain = node.chain
         self.log = node.log
-        urls = node.config.follow.urls
-        self.clients = [Client(url, timeout=10.0) for url in urls]
+        self.source = BlockSource(node.config.follow.urls, node.chain, node.log)
         self.poll_s = node.config.follow.poll_ms / 1000
-        self._next = 0
-        self.remote_height = 0
-        self.refused = 0
         self._forwarded: OrderedDict[bytes, None] = OrderedDict()
 
-    def _client(self) -> Client:
-        return self.clients[self._next % len(self.clients)]
-
-    def _rotate(self) -> None:
-        self._next += 1
+    @property
+    def remote_height(self) -> int:
+        return self.source.remote_height
 
     def caught_up(self) -> bool:
         return self.remote_height > 0 and self.chain.height >= self.remote_height - 1
 
     def status(self) -> dict:
         return {
-            "following": [c.base_url for c in self.clients],
+            "following": [c.base_url for c in self.source.clients],
             "remote_height": self.remote_height,
             "catching_up": not self.caught_up(),
-            "refused_blocks": self.refused,
+            "refused_blocks": self.source.refused,
         }
 
     def forwarded(self, tx_id: bytes) -> bool:
@@ -78,16 +71,16 @@ class Follower:
         except TxError as exc:
             raise TxRejected(exc.code, exc.message) from None
         last: ApiError | None = None
-        for _ in range(len(self.clients)):
+        for _ in range(len(self.source.clients)):
             try:
-                await self._client().submit(raw)
+                await self.source.client.submit(raw)
                 self._remember(tx.tx_id)
                 return tx.tx_id
             except ApiError as exc:
                 if exc.status and 400 <= exc.status < 500:
                     raise TxRejected(exc.code, exc.message) from None
                 last = exc
-                self._rotate()
+                self.source.rotate()
         raise TxRejected("unavailable", f"no validator accepted the transaction: {last}")
 
     async def forward_many(self, raws: Sequence[bytes]) -> list[bytes | TxRejected]:
@@ -103,7 +96,11 @@ class Follower:
         last_progress = 0.0
         try:
             while True:
-                applied = await self._follow_once()
+                try:
+                    applied = await self.source.apply_next()
+                except ChainError as exc:
+                    self.node._die(f"a certified block does not execute to its header here: {exc}")
+                    return
                 now = time.monotonic()
                 if now - last_progress > PROGRESS_EVERY_S and not self.caught_up():
                     self.log.info("observer catching up", height=self.chain.height, remote=self.remote_height)
@@ -111,46 +108,4 @@ class Follower:
                 if not applied:
                     await asyncio.sleep(self.poll_s)
         finally:
-            for client in self.clients:
-                await client.close()
-
-    async def _follow_once(self) -> bool:
-        """Fetch and apply the next block if it exists; True when one was applied."""
-        height = self.chain.height + 1
-        client = self._client()
-        try:
-            info = await client.block(height, raw=True)
-        except ApiError as exc:
-            if exc.code == "not_found":
-                try:
-                    latest = await client.block("latest")
-                    self.remote_height = max(self.remote_height, latest.height)
-                except ApiError:
-                    self._rotate()
-                return False
-            self.log.warning("validator unreachable", url=client.base_url, error=str(exc))
-            self._rotate()
-            return False
-        self.remote_height = max(self.remote_height, height)
-        block, cert = info.block, info.certificate
-        try:
-            if block is None or cert is None:
-                raise CertificateError("the validator served no certificate")
-            if cert.digest == NULL_DIGEST:
-                if block != null_block(self.chain.head_header(), height):
-                    raise CertificateError("a null certificate for a block that is not the null block")
-                cert.verify(self.chain.chain_id, self.chain.validators, height=height)
-                batch = b""
-            else:
-                cert.verify(self.chain.chain_id, self.chain.validators, height=height, digest=block.hash)
-                batch = block.encode()
-            self.chain.commit(height, batch, cert)
-        except CertificateError as exc:
-            self.refused += 1
-            self.log.warning("block refused", height=height, url=client.base_url, reason=str(exc))
-            self._rotate()
-            return False
-        except ChainError as exc:
-            self.node._die(f"block {height} from {client.base_url} does not execute to its certified header: {exc}")
-            raise
-        return True
+            await self.source.close()

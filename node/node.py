@@ -105,6 +105,8 @@ class Node:
         self._last_nudge = 0.0
         self._stopping = asyncio.Event()
         self.fatal: str | None = None
+        self.catching_up = False
+        self._catchup_task: asyncio.Task | None = None
         self.driver: ConsensusDriver | None = None
         self.mesh = None
         self.api = ApiServer(self, max_request_bytes=config.api.max_request_bytes, logger=self.log)
@@ -274,7 +276,47 @@ class Node:
         return c.height, c.digest, executed.prepared.root
 
     def _fetch_state(self, action: FetchState) -> None:
-        self.log.warning("consensus asks for state transfer", checkpoint=action.checkpoint.height, store=self.chain.height)
+        """The replica fell behind its peers' window: replay certified blocks up to the checkpoint.
+
+        Blocks come from the other validators' public APIs (``follow.urls``), each
+        verified against its commit certificate and re-executed; once the store reaches
+        the checkpoint (whose block hash and state root must then match), the replica
+        resumes with ``StateInstalled``.
+        """
+        if self._catchup_task is not None and not self._catchup_task.done():
+            return
+        self._catchup_task = asyncio.get_running_loop().create_task(self._catch_up(action.checkpoint))
+
+    async def _catch_up(self, checkpoint) -> None:
+        from consensus.types import StateInstalled
+        from node.catchup import BlockSource, CatchUpError
+
+        self.catching_up = True
+        self.log.info("catching up from other validators", height=self.chain.height, target=checkpoint.height)
+        try:
+            source = BlockSource(self.config.follow.urls, self.chain, self.log)
+        except CatchUpError as exc:
+            self.log.error("cannot catch up", reason=str(exc))
+            self.catching_up = False
+            return
+        try:
+            while self.chain.height < checkpoint.height:
+                try:
+                    applied = await source.apply_next()
+                except ChainError as exc:
+                    self._die(f"a certified block does not execute to its header here: {exc}")
+                    return
+                if not applied:
+                    await asyncio.sleep(0.2)
+            if (self.store.block_hash(checkpoint.height) != checkpoint.block_hash
+                    or self.chain.header(checkpoint.height).state_root != checkpoint.state_root):
+                self._die(f"the checkpoint at height {checkpoint.height} does not match the certified blocks replayed here")
+                return
+            self.log.info("caught up", height=self.chain.height)
+            self._step_guarded(lambda: self.driver.step(StateInstalled(checkpoint)))
+        finally:
+            self.catching_up = False
+            await source.close()
 
     def is_leader(self) -> bool:
         return self.driver is not None and bool(self.spec.is_leader(self.driver.replica))
@@ -449,7 +491,7 @@ class Node:
             "name": self.name,
             "height": self.chain.height,
             "mempool": len(self.mempool),
-            "catching_up": False,
+            "catching_up": self.catching_up,
         }
         if self.driver is not None:
             replica = self.driver.replica

@@ -1,0 +1,88 @@
+"""Catching up from other nodes' public APIs: fetch certified blocks, verify, re-execute, apply.
+
+Used by observers to follow the validators, and by a validator whose replica asks for
+state it missed (``FetchState``: it was down while the others moved past its
+consensus window). Both trust no single source: every block comes with its commit
+certificate, checked against the shard's validator set before the block is executed,
+and execution must reproduce the header's state and receipts roots. A source that
+serves anything else is skipped for the next one.
+"""
+
+from __future__ import annotations
+
+from ledger.block import NULL_DIGEST, null_block
+from ledger.certificate import CertificateError
+from ledger.httpclient import ApiError, Client
+
+__all__ = ["BlockSource", "CatchUpError"]
+
+
+class CatchUpError(RuntimeError):
+    """No source could provide a verifiable block."""
+
+
+class BlockSource:
+    """Rotating access to other nodes' APIs for certified blocks."""
+
+    def __init__(self, urls: list[str], chain, log) -> None:
+        if not urls:
+            raise CatchUpError("no API URLs to catch up from (set follow.urls)")
+        self.clients = [Client(url, timeout=10.0) for url in urls]
+        self.chain = chain
+        self.log = log
+        self._next = 0
+        self.remote_height = 0
+        self.refused = 0
+
+    @property
+    def client(self) -> Client:
+        return self.clients[self._next % len(self.clients)]
+
+    def rotate(self) -> None:
+        self._next += 1
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+    async def apply_next(self) -> bool:
+        """Fetch, verify and apply the block after the local head; False if none is available yet.
+
+        Raises :class:`node.chain.ChainError` when a certified block does not execute to
+        its header here (the node must stop).
+        """
+        height = self.chain.height + 1
+        client = self.client
+        try:
+            info = await client.block(height, raw=True)
+        except ApiError as exc:
+            if exc.code == "not_found":
+                try:
+                    latest = await client.block("latest")
+                    self.remote_height = max(self.remote_height, latest.height)
+                except ApiError:
+                    self.rotate()
+                return False
+            self.log.warning("node unreachable for catch-up", url=client.base_url, error=str(exc))
+            self.rotate()
+            return False
+        self.remote_height = max(self.remote_height, height)
+        block, cert = info.block, info.certificate
+        try:
+            if block is None or cert is None:
+                raise CertificateError("the node served no certificate")
+            if cert.digest == NULL_DIGEST:
+                if block != null_block(self.chain.head_header(), height):
+                    raise CertificateError("a null certificate for a block that is not the null block")
+                cert.verify(self.chain.chain_id, self.chain.validators, height=height)
+                batch = b""
+            else:
+                cert.verify(self.chain.chain_id, self.chain.validators, height=height, digest=block.hash)
+                batch = block.encode()
+        except CertificateError as exc:
+            self.refused += 1
+            self.log.warning("block refused", height=height, url=client.base_url, reason=str(exc))
+            self.rotate()
+            return False
+        self.chain.commit(height, batch, cert)
+        return True
