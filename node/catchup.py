@@ -10,7 +10,7 @@ serves anything else is skipped for the next one.
 
 from __future__ import annotations
 
-from ledger.block import NULL_DIGEST, null_block
+from ledger.block import NULL_DIGEST, BlockError, null_block
 from ledger.certificate import CertificateError
 from ledger.httpclient import ApiError, Client
 
@@ -78,8 +78,11 @@ class BlockSource:
                 batch = b""
             else:
                 cert.verify(self.chain.chain_id, self.chain.validators, height=height, digest=block.hash)
+                # The certificate covers the header only: transactions that are not the
+                # ones under its root are the source's lie, not a reason to stop here.
+                block.check_tx_root()
                 batch = block.encode()
-        except CertificateError as exc:
+        except (CertificateError, BlockError) as exc:
             self.refused += 1
             self.log.warning("block refused", height=height, url=client.base_url, reason=str(exc))
             self.rotate()

@@ -167,9 +167,6 @@ class Chain:
         block = self._decode(batch)
         if block is None:
             raise BlockError("malformed", "the batch is not a block")
-        cached = self._executed.get(block.hash)
-        if cached is not None:
-            return cached
         header = block.header
         parent = self.head_header()
         if header.chain_id != self.chain_id:
@@ -186,6 +183,12 @@ class Chain:
             raise BlockError("bad_time", f"block time {header.time} is earlier than its parent's {parent.time}")
         if not certified and header.time > int(self.clock()) + self.max_skew:
             raise BlockError("bad_time", f"block time {header.time} is too far ahead of this validator's clock")
+        # The cache answers only after every header check: consensus may offer one batch
+        # at several sequence numbers (a forwarded proposal, a re-proposal after a view
+        # change), and it is valid at one of them at most.
+        cached = self._executed.get(block.hash)
+        if cached is not None:
+            return cached
         block.check_tx_root()
         for i, tx in enumerate(block.txs):
             if tx.chain_id != self.chain_id:

@@ -1,0 +1,105 @@
+"""The block pipeline: what a validator refuses to vote for, and how blocks commit."""
+
+import pytest
+
+from contracts.executor import Executor
+from ledger import bls
+from ledger.block import NULL_DIGEST, Block, BlockHeader
+from ledger.certificate import CommitCertificate, commit_vote_payload
+from ledger.crypto import Kind, PrivateKey
+from ledger.genesis import Genesis
+from ledger.store import Store
+from ledger.tx import Transaction
+from node.chain import Chain, ChainError
+
+VALIDATOR = PrivateKey(bytes([9]) * 32)
+BLS_SK = bls.keygen(bytes([9]) * 32)
+ALICE = PrivateKey(bytes([1]) * 32)
+NOW = 1_767_225_600
+
+
+def _genesis():
+    return Genesis.from_document({
+        "chain_id": "ch/test",
+        "genesis_time": NOW,
+        "protocol": "bft",
+        "validators": [{"name": "op", "node_key": VALIDATOR.public_key.hex(), "bls_key": bls.sk_to_pk(BLS_SK).hex(),
+                        "bls_pop": bls.pop_prove(BLS_SK).hex()}],
+        "accounts": [{"address": str(ALICE.address), "roles": ["deployer"]}],
+    })
+
+
+@pytest.fixture
+def chain(tmp_path):
+    genesis = _genesis()
+    store = Store.open(str(tmp_path / "store"), genesis.chain_id, genesis_hash=genesis.hash)
+    clock = [NOW + 100]
+    c = Chain(genesis, store, Executor(), clock=lambda: clock[0])
+    c.ensure_genesis()
+    c.test_clock = clock
+    yield c
+    store.close()
+
+
+def _cert(block: Block) -> CommitCertificate:
+    sig = VALIDATOR.sign("ch/test", Kind.COMMIT, commit_vote_payload(block.height, 0, block.hash))
+    return CommitCertificate("bft", block.height, 0, block.hash, ((0, sig),))
+
+
+def _tx(nonce=0):
+    return Transaction.create(ALICE, chain_id="ch/test", nonce=nonce, contract="nobody", function="f")
+
+
+def test_genesis_is_block_zero_with_the_genesis_state(chain):
+    assert chain.height == 0 and chain.head_header().time == NOW
+
+
+def test_a_block_is_valid_only_at_its_own_height(chain):
+    batch, _ = chain.build([], VALIDATOR.public_key.raw)
+    assert chain.validate(1, batch)
+    assert not chain.validate(2, batch)
+    assert not chain.validate(7, batch)
+
+
+def test_block_with_a_wrong_state_root_is_not_voted_for(chain):
+    batch, executed = chain.build([_tx()], VALIDATOR.public_key.raw)
+    h = executed.block.header
+    forged = Block(BlockHeader(h.chain_id, h.height, h.prev_hash, h.tx_root, b"\x01" * 32, h.receipts_root, h.time,
+                               h.proposer, h.validator_set_hash), executed.block.txs)
+    assert not chain.validate(1, forged.encode())
+
+
+def test_block_time_earlier_than_parent_or_far_ahead_is_refused(chain):
+    chain.test_clock[0] = NOW + 10_000
+    batch, _ = chain.build([], VALIDATOR.public_key.raw)
+    chain.test_clock[0] = NOW + 100  # this validator's clock is behind the proposer's by far more than the skew
+    chain._executed.clear()
+    assert not chain.validate(1, batch)
+
+
+def test_block_from_a_non_validator_or_another_shard_is_refused(chain):
+    batch, _ = chain.build([], ALICE.public_key.raw)
+    assert not chain.validate(1, batch)
+    assert not chain.validate(1, b"\x93not a block")
+
+
+def test_committed_block_applies_with_its_certificate_and_receipts(chain):
+    tx = _tx()
+    batch, executed = chain.build([tx], VALIDATOR.public_key.raw)
+    chain.commit(1, batch, _cert(executed.block))
+    assert chain.height == 1
+    height, index, _ = chain.store.tx_location(tx.tx_id)
+    assert (height, index) == (1, 0)
+
+
+def test_null_batch_commits_the_derived_null_block(chain):
+    cert = CommitCertificate("bft", 1, 1, NULL_DIGEST, ())
+    chain.commit(1, b"", cert)
+    header = chain.head_header()
+    assert header.height == 1 and header.state_root == chain.header(0).state_root and header.proposer == b""
+
+
+def test_commit_of_a_height_that_does_not_follow_stops_the_node(chain):
+    batch, executed = chain.build([], VALIDATOR.public_key.raw)
+    with pytest.raises(ChainError, match="store is at 0"):
+        chain.commit(2, batch, _cert(executed.block))
