@@ -155,8 +155,9 @@ def _story(net: Devnet, genesis: Genesis, *, keep: bool) -> int:
             read = reg.read_state("chf", "balances", [keys[name].address.raw])
             value = verify_read(read, vset)
             signers = len(read.certificate.signatures)
+            kind = "proof" if value is not None else "proof of absence"
             say(f"   {name:<11} {chf(value or 0):>12}   proven at height {read.header.height}: "
-                f"state root {read.header.state_root.hex()[:16]}..., {len(read.proof)}-byte proof, "
+                f"state root {read.header.state_root.hex()[:16]}..., {len(read.proof)}-byte {kind}, "
                 f"certificate signed by {signers} validators: verified")
         supply = reg.state("chf", "supply", [], verify_with=vset)
         say(f"   francs in circulation: {chf(supply)} (equal to the bank's deposits)")
