@@ -13,6 +13,7 @@ of their cost, and refuses with a stable reason code (the HTTP API returns it):
     bad_signature the signature does not verify
     not_member    the sender is not an admitted participant of this shard
     not_allowed   the sender's roles may not call that function
+    not_active    the sender is suspended or banned (it may still redeem fiat)
     sender_limit  the sender already has the maximum number of waiting transactions
     mempool_full  the mempool is full of transactions that are not older than this one
 
@@ -45,6 +46,7 @@ REASONS = (
     "bad_signature",
     "not_member",
     "not_allowed",
+    "not_active",
     "sender_limit",
     "mempool_full",
 )

@@ -29,6 +29,7 @@ from pathlib import Path
 from consensus import protocols
 from consensus.types import Commit, ConsensusConfig, FetchState, Propose
 from contracts.executor import Executor, nonce_key
+from contracts.system.admission import market_admission
 from ledger import codec
 from ledger.block import NULL_DIGEST
 from ledger.crypto import PrivateKey
@@ -85,14 +86,16 @@ class Node:
             os.path.join(config.data_dir, "store"), self.chain_id, genesis_hash=self.genesis_hash,
             map_size=config.store.map_size,
         )
-        self.executor = Executor()
+        # The market's membership rules: the executor refuses what admission refuses,
+        # so a proposer that let such a transaction through cannot change state with it.
+        self.executor = Executor(admission=market_admission)
         self.chain = Chain(self.genesis, self.store, self.executor, logger=self.log)
         self.chain.ensure_genesis()
         self.chain.on_commit.append(self._committed)
         self.mempool = Mempool(
             self.chain_id, max_txs=config.mempool.max_txs, max_per_sender=config.mempool.max_per_sender,
             nonce_window=config.mempool.nonce_window, max_gas=self.genesis.param("block_gas_limit"),
-            next_nonce=self.committed_nonce,
+            next_nonce=self.committed_nonce, policy=self._admission,
         )
         self.waiters = Waiters()
         self.hub = EventHub(self.store)
@@ -389,6 +392,12 @@ class Node:
         self.log.debug("block committed", height=block.height, txs=len(block.txs))
 
     # ------------------------------------------------------------------ transactions
+
+    def _admission(self, tx: Transaction) -> None:
+        """The market's admission rules on committed state (non-members, roles, suspensions)."""
+        refusal = market_admission(self.store, tx, tx.sender_address.raw)
+        if refusal is not None:
+            raise TxRejected(*refusal)
 
     def committed_nonce(self, sender_public_key: bytes) -> int:
         from ledger.crypto import Address

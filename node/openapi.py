@@ -30,6 +30,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "bad_signature": (400, "The transaction's signature does not verify (or it is unsigned)."),
     "not_member": (403, "The sender is not an admitted participant of this shard."),
     "not_allowed": (403, "The sender's roles may not call that function."),
+    "not_active": (403, "The sender is suspended or banned; it may still redeem fiat and approve allowances."),
     "not_found": (404, "No such path, block or object."),
     "method_not_allowed": (405, "The path exists but not with this HTTP method."),
     "timeout": (408, "The request body did not arrive in time."),
@@ -246,7 +247,7 @@ WAIT = Param("wait", "query", "`commit`: answer only once the transaction is com
 TIMEOUT = Param("timeout_ms", "query", "How long wait=commit waits, in milliseconds (default 10000).",
                 {"type": "integer", "minimum": 0, "maximum": 60000})
 TX_ERRORS = ("malformed", "bad_request", "too_large", "timeout", "wrong_chain", "expired", "gas_limit", "bad_nonce",
-             "bad_signature", "not_member", "not_allowed", "duplicate", "sender_limit", "mempool_full", "unavailable")
+             "bad_signature", "not_member", "not_allowed", "not_active", "duplicate", "sender_limit", "mempool_full", "unavailable")
 
 # ---------------------------------------------------------------- the table
 
