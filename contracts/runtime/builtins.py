@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Callable
 
 from contracts.runtime import gas as G
-from contracts.runtime.errors import ContractError, LimitExceeded
+from contracts.runtime.errors import ContractError, contract_failure, LimitExceeded
 from contracts.runtime.fixed import Fixed
 from contracts.runtime.meter import MeterFunctions
 from contracts.runtime.methods import _size, element_bytes, make_sorter
@@ -354,10 +354,10 @@ def make_builtins(
 
     def c_require(condition, message="requirement failed"):
         if not condition:
-            raise ContractError(message if type(message) is str else render(message, charge))
+            raise contract_failure(message if type(message) is str else render(message, charge))
 
     def c_fail(message="failed"):
-        raise ContractError(message if type(message) is str else render(message, charge))
+        raise contract_failure(message if type(message) is str else render(message, charge))
 
     table = {
         "len": len,

@@ -20,6 +20,14 @@ Everything that goes wrong with a contract, at deployment or while it runs, is a
 ``name_taken``            a contract with this name already exists
 ========================  ==================================================================
 
+A contract names its own refusal by starting the message of ``require``/``fail`` with a
+snake_case code and a colon: ``require(balance >= amount, "insufficient_balance: ...")``
+gives the receipt error ``("insufficient_balance", "insufficient_balance: ...")``, so
+clients and gateways act on codes, never on message text. The runtime's own codes
+above (and the executor's admission codes) are reserved: a message that starts with
+one of them stays a ``contract_error``, so a contract cannot pass itself off as the
+runtime.
+
 Messages are built by the runtime from the contract's own text and the AST, never
 from CPython's exception texts, so every validator (CPython 3.11, 3.12, 3.13, any
 PYTHONHASHSEED) writes the same receipt. Contracts cannot catch any of these: the
@@ -30,6 +38,8 @@ from __future__ import annotations
 
 __all__ = [
     "ContractError",
+    "RESERVED_CODES",
+    "contract_failure",
     "LimitExceeded",
     "OutOfGas",
     "MAX_MESSAGE_LEN",
@@ -102,3 +112,26 @@ class LimitExceeded(ContractError):
     """A size, depth or count limit of the runtime was reached."""
 
     code = "limit"
+
+
+# Codes only the runtime and the executor give; a contract's own code never takes one.
+RESERVED_CODES = frozenset({
+    "rejected", "contract_error", "out_of_gas", "limit", "not_found", "bad_args", "not_allowed", "reentrancy",
+    "name_taken", "bad_nonce", "bad_signature", "wrong_chain", "expired", "gas_limit", "malformed", "not_member",
+    "not_active",
+})
+_MAX_CODE_LEN = 40
+
+
+def contract_failure(message: str) -> ContractError:
+    """The error of ``require``/``fail``: its code is the message's ``code:`` prefix when it has one."""
+    head, sep, _ = message.partition(": ")
+    if (
+        sep
+        and 0 < len(head) <= _MAX_CODE_LEN
+        and head[0].isascii() and head[0].islower()
+        and all(c.isascii() and (c.islower() or c.isdigit() or c == "_") for c in head)
+        and head not in RESERVED_CODES
+    ):
+        return ContractError(message, code=head)
+    return ContractError(message)
