@@ -27,7 +27,7 @@ import operator
 from collections.abc import Callable
 
 from contracts.runtime import gas as G
-from contracts.runtime.errors import ContractError, LimitExceeded
+from contracts.runtime.errors import ContractError, LimitExceeded, contract_failure
 from contracts.runtime.fixed import Fixed
 from contracts.runtime.meter import Meter, MeterFunctions
 from contracts.runtime.text import fstring, render
@@ -441,7 +441,7 @@ def make_operator_helpers(
         return fstring(parts, charge)
 
     def fail(message: object = "failed") -> None:
-        raise ContractError(message if type(message) is str else render(message, charge))  # type: ignore[arg-type]
+        raise contract_failure(message if type(message) is str else render(message, charge))  # type: ignore[arg-type]
 
     def invert(a: object) -> object:
         if type(a) is bool:
