@@ -112,8 +112,19 @@ class Devnet:
         contracts: list[tuple[str, str]] | None = None,
         app_state: dict | None = None,
         params: dict | None = None,
+        market: bool = True,
+        market_params: dict | None = None,
+        currency: str = "CHF",
     ) -> Devnet:
-        """Write keys, genesis and node configs for a new devnet (nothing is started)."""
+        """Write keys, genesis and node configs for a new devnet (nothing is started).
+
+        With ``market`` (the default) genesis deploys the energy market's system
+        contracts: the first account holding ``grid_operator`` operates the grid, the
+        first ``bank`` issues ``currency``, the first ``co2_authority`` (default: the
+        grid operator) collects the CO2 fee, and every account becomes a member with
+        its roles. ``market_params`` override MARKET.md's parameters (``period_s``
+        follows the shard's ``period_seconds``).
+        """
         from cli.keys import validator_descriptor
         from ledger import bls
 
@@ -134,23 +145,32 @@ class Devnet:
         for i in range(observers):
             net.nodes.append(DevnetNode(f"observer-{i}", "observer", _free_port(), 0))
         genesis_accounts = []
-        for name, roles in (accounts or {"operator": ["grid_operator", "deployer"]}).items():
+        accounts = accounts or dict(DEFAULT_ACCOUNTS)
+        for name, roles in accounts.items():
             key = PrivateKey.generate()
             path = Path("keys") / f"{name}.json"
             save_key(root / path, kind="ed25519", secret=key.seed, public_key=key.public_key.raw, password=None,
                      label=name, address=str(key.address), dev_plaintext=True)
             net.accounts[name] = str(path)
             genesis_accounts.append({"address": str(key.address), "roles": roles, "label": name})
-        period = 900
+        shard_params = {**DEVNET_PARAMS, **(params or {})}
+        period = shard_params.get("period_seconds", 900)
+        genesis_time = int(time.time()) // period * period
+        genesis_contracts = [{"name": n, "source": s} for n, s in (contracts or [])]
+        genesis_state = dict(app_state or {})
+        if market:
+            genesis_contracts, genesis_state = _with_market(
+                genesis_accounts, genesis_contracts, genesis_state, genesis_time, period, currency, market_params
+            )
         genesis = {
             "chain_id": chain_id,
-            "genesis_time": int(time.time()) // period * period,
+            "genesis_time": genesis_time,
             "protocol": protocol,
-            "params": {**DEVNET_PARAMS, **(params or {})},
+            "params": shard_params,
             "validators": [{k: d[k] for k in ("name", "node_key", "bls_key", "bls_pop", "tls_cert")} for d in descriptors],
             "accounts": genesis_accounts,
-            "contracts": [{"name": n, "source": s} for n, s in (contracts or [])],
-            "app_state": app_state or {},
+            "contracts": genesis_contracts,
+            "app_state": genesis_state,
         }
         (root / "genesis.json").write_text(json.dumps(genesis, indent=2) + "\n")
         for node in net.nodes:
@@ -267,6 +287,33 @@ class Devnet:
                 row["reachable"] = False
             rows.append(row)
         return rows
+
+
+DEFAULT_ACCOUNTS = {
+    "operator": ["grid_operator", "deployer"],
+    "bank": ["bank"],
+    "co2-authority": ["co2_authority"],
+}
+
+
+def _with_market(accounts: list[dict], contracts: list[dict], app_state: dict, genesis_time: int, period: int,
+                 currency: str, market_params: dict | None) -> tuple[list[dict], dict]:
+    """Genesis entries deploying the energy market for these accounts (see ``Devnet.create``)."""
+    from contracts.system.genesis import CurrencySpec, market_genesis
+
+    def first(role: str) -> str | None:
+        return next((a["address"] for a in accounts if role in a["roles"]), None)
+
+    operator, bank = first("grid_operator"), first("bank")
+    if operator is None or bank is None:
+        raise SystemExit("error: a devnet with the market needs an account with grid_operator and one with bank")
+    co2 = first("co2_authority") or operator
+    members = [(a["address"], [r for r in a["roles"] if r not in ("deployer", "grid_operator", "bank", "co2_authority")])
+               for a in accounts]
+    members = [(address, roles) for address, roles in members if roles]
+    params = {"period_s": period, **(market_params or {})}
+    entries = market_genesis(operator, co2, [CurrencySpec(currency, bank)], genesis_time, members=members, params=params)
+    return entries["contracts"] + contracts, {**entries["app_state"], **app_state}
 
 
 def _free_port() -> int:
