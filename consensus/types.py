@@ -40,6 +40,7 @@ __all__ = [
     "Broadcast",
     "Commit",
     "ConsensusConfig",
+    "ConsensusError",
     "Event",
     "Executed",
     "FetchState",
@@ -59,15 +60,31 @@ __all__ = [
 NodeId = bytes  # a validator's Ed25519 node key (32 bytes), as listed in genesis
 
 
+class ConsensusError(Exception):
+    """A replica cannot continue safely.
+
+    Raised when the records given to ``Restart`` are truncated, corrupt or
+    inconsistent (the replica refuses to start rather than guess), or when a driver
+    breaks the interface contract. Never raised for anything a peer sends: a bad
+    message is dropped and counted.
+    """
+
+
 # ------------------------------------------------------------------------- events
 
 
 @dataclass(frozen=True, slots=True)
 class Receive:
-    """A message from a peer, exactly as it arrived on the wire (it may be garbage)."""
+    """A message from a peer, exactly as it arrived on the wire (it may be garbage).
+
+    ``now`` (optional) is the driver's logical time at arrival, so a replica whose
+    driver skips idle ticks still knows when it heard from a peer; ``None`` means
+    "no later than the last ``Tick``".
+    """
 
     sender: NodeId
     payload: bytes
+    now: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +96,13 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Propose:
-    """The application offers a batch to order. Only the leader acts on it; others may forward."""
+    """The application offers a batch to order. Only the leader acts on it; others may forward.
+
+    ``now`` (optional): the driver's logical time, as for ``Receive``.
+    """
 
     batch: bytes
+    now: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +132,18 @@ class Executed:
 
 @dataclass(frozen=True, slots=True)
 class StateInstalled:
-    """The application installed a state snapshot at a certified checkpoint (after ``FetchState``)."""
+    """The application installed a state snapshot at a certified checkpoint (after ``FetchState``).
+
+    ``validator_sets``, when the driver gives them, are the validator sets recorded in
+    the installed state, as ``(after height, set)`` pairs: the set that orders the
+    heights after the checkpoint (paired with the checkpoint height) and every change
+    already decided but not yet in force (paired with the last height before it takes
+    effect). A replica that skipped heights cannot have seen the batches that changed
+    the set.
+    """
 
     checkpoint: CheckpointCertificate
+    validator_sets: tuple[tuple[int, ValidatorSet], ...] = ()
 
 
 Event = Receive | Tick | Propose | Restart | Executed | StateInstalled
