@@ -365,10 +365,11 @@ class Node:
         if now - self._last_block_at < timeout or now - self._last_nudge < timeout:
             return
         self._last_nudge = now
-        entries = self.mempool.select(
-            max_txs=self.genesis.param("block_max_txs"), max_bytes=self.genesis.param("block_max_bytes"),
-            height=self.chain.height + 1,
-        )
+        # One transaction is enough to start every replica's timer on the leader; a full
+        # block would cost every validator an execution for a batch that is valid at
+        # one height only (and under overload, nudges of full blocks starve the leader).
+        entries = self.mempool.select(max_txs=1, max_bytes=self.genesis.param("block_max_bytes"),
+                                      height=self.chain.height + 1)
         if not entries:
             return
         batch, _ = self.chain.build([e.tx for e in entries], self.node_key)
