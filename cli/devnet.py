@@ -118,6 +118,8 @@ class Devnet:
         market: bool = True,
         market_params: dict | None = None,
         currency: str = "CHF",
+        currency_fee: tuple[str, int] = ("none", 0),
+        account_keys: dict[str, PrivateKey] | None = None,
     ) -> Devnet:
         """Write keys, genesis and node configs for a new devnet (nothing is started).
 
@@ -126,7 +128,10 @@ class Devnet:
         first ``bank`` issues ``currency``, the first ``co2_authority`` (default: the
         grid operator) collects the CO2 fee, and every account becomes a member with
         its roles. ``market_params`` override MARKET.md's parameters (``period_s``
-        follows the shard's ``period_seconds``).
+        follows the shard's ``period_seconds``); ``currency_fee`` is the issuer fee
+        ``(fee_mode, fee_value)`` of ``currency`` (none | bps | fixed). ``account_keys``
+        gives some accounts a chosen key instead of a fresh one (e.g. keys whose
+        addresses sort in a given order, which netting order depends on).
         """
         from cli.keys import validator_descriptor
         from ledger import bls
@@ -150,7 +155,7 @@ class Devnet:
         genesis_accounts = []
         accounts = accounts or dict(DEFAULT_ACCOUNTS)
         for name, roles in accounts.items():
-            key = PrivateKey.generate()
+            key = (account_keys or {}).get(name) or PrivateKey.generate()
             path = Path("keys") / f"{name}.json"
             save_key(root / path, kind="ed25519", secret=key.seed, public_key=key.public_key.raw, password=None,
                      label=name, address=str(key.address), dev_plaintext=True)
@@ -163,7 +168,8 @@ class Devnet:
         genesis_state = dict(app_state or {})
         if market:
             genesis_contracts, genesis_state = _with_market(
-                genesis_accounts, genesis_contracts, genesis_state, genesis_time, period, currency, market_params
+                genesis_accounts, genesis_contracts, genesis_state, genesis_time, period, currency, market_params,
+                currency_fee,
             )
         genesis = {
             "chain_id": chain_id,
@@ -300,7 +306,8 @@ DEFAULT_ACCOUNTS = {
 
 
 def _with_market(accounts: list[dict], contracts: list[dict], app_state: dict, genesis_time: int, period: int,
-                 currency: str, market_params: dict | None) -> tuple[list[dict], dict]:
+                 currency: str, market_params: dict | None,
+                 currency_fee: tuple[str, int] = ("none", 0)) -> tuple[list[dict], dict]:
     """Genesis entries deploying the energy market for these accounts (see ``Devnet.create``)."""
     from contracts.system.genesis import CurrencySpec, market_genesis
 
@@ -315,7 +322,9 @@ def _with_market(accounts: list[dict], contracts: list[dict], app_state: dict, g
                for a in accounts]
     members = [(address, roles) for address, roles in members if roles]
     params = {"period_s": period, **(market_params or {})}
-    entries = market_genesis(operator, co2, [CurrencySpec(currency, bank)], genesis_time, members=members, params=params)
+    fee_mode, fee_value = currency_fee
+    entries = market_genesis(operator, co2, [CurrencySpec(currency, bank, fee_mode, fee_value)], genesis_time,
+                             members=members, params=params)
     return entries["contracts"] + contracts, {**entries["app_state"], **app_state}
 
 

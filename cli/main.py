@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from cli import client_cmds, demo, devnet, genesis_cmd, keys, node_cmd
@@ -20,7 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     genesis_cmd.add_parser(sub)
     client_cmds.add_parsers(sub)
     demo.add_parser(sub)
+    _meter_parser(sub)
     return parser
+
+
+def _meter_parser(sub: argparse._SubParsersAction) -> None:
+    """``gridledger meter gateway|simulate ...``: the meters package's own commands (their
+    options, ``--help`` included, are parsed by ``meters.gateway`` / ``meters.simulator``)."""
+    meter = sub.add_parser("meter", help="smart meters: the Modbus gateway and the meter simulator")
+    msub = meter.add_subparsers(dest="meter_command", required=True)
+    for name, module, text in (
+        ("gateway", "meters.gateway", "poll meters over Modbus, sign and submit their readings"),
+        ("simulate", "meters.simulator", "serve simulated meters over Modbus TCP"),
+    ):
+        cmd = msub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
+        cmd.add_argument("rest", nargs=argparse.REMAINDER)
+        cmd.set_defaults(func=lambda args, m=module: importlib.import_module(m).main(args.rest))
 
 
 def main(argv: list[str] | None = None) -> int:
