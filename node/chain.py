@@ -93,6 +93,7 @@ class Chain:
         self.verified = verified_cache if verified_cache is not None else set()
         self._executed: dict[bytes, Executed] = {}  # block hash -> execution, until committed
         self._decoded: dict[bytes, Block] = {}  # batch digest -> decoded block (bounded)
+        self._head: BlockHeader | None = None  # the committed head's header
         self.on_commit: list[Callable[[Block, list[Receipt], bytes], None]] = []
 
     # ------------------------------------------------------------------ genesis and head
@@ -118,13 +119,23 @@ class Chain:
         return -1 if h is None else h
 
     def header(self, height: int) -> BlockHeader | None:
+        """The header of a committed block, without decoding its transactions."""
         raw = self.store.block(height)
-        return None if raw is None else Block.decode(raw).header
+        if raw is None:
+            return None
+        fields = codec.decode(raw, max_size=len(raw), max_depth=4)
+        return BlockHeader.from_fields(fields[0])
 
     def head_header(self) -> BlockHeader:
-        header = self.header(self.height)
-        assert header is not None
-        return header
+        # Every proposal, forwarded request and commit checks against the head; committed
+        # blocks never change, so the head's header is kept until the height moves.
+        height = self.height
+        cached = self._head
+        if cached is None or cached.height != height:
+            cached = self.header(height)
+            assert cached is not None
+            self._head = cached
+        return cached
 
     # ------------------------------------------------------------------ consensus application
 
