@@ -131,18 +131,28 @@ class ConsensusDriver:
         finally:
             self._stepping = False
 
+    def _flush(self, records: list) -> None:
+        started = time.perf_counter()
+        self.store.put_records(records)
+        if self._on_persist is not None:
+            self._on_persist(time.perf_counter() - started)
+
     def _run(self, actions) -> None:
+        # Consecutive Persist actions become one durable write: the rule is only that
+        # they are on disk before the next action that is not a Persist runs.
+        pending: list = []
         for action in actions:
             kind = type(action)
+            if kind is Persist:
+                pending.extend(action.records)
+                continue
+            if pending:
+                self._flush(pending)
+                pending = []
             if kind is Send:
                 self._send(action.to, action.payload)
             elif kind is Broadcast:
                 self._broadcast(action.payload)
-            elif kind is Persist:
-                started = time.perf_counter()
-                self.store.put_records(action.records)
-                if self._on_persist is not None:
-                    self._on_persist(time.perf_counter() - started)
             elif kind is Commit:
                 executed = self._commit(action)
                 if executed is not None:
@@ -153,3 +163,5 @@ class ConsensusDriver:
                 pass  # the driver ticks every tick_ms
             else:
                 raise TypeError(f"unknown consensus action {action!r}")
+        if pending:
+            self._flush(pending)

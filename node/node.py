@@ -396,14 +396,14 @@ class Node:
 
     def _admission(self, tx: Transaction) -> None:
         """The market's admission rules on committed state (non-members, roles, suspensions)."""
-        refusal = market_admission(self.store, tx, tx.sender_address.raw)
+        refusal = market_admission(self.chain.reads, tx, tx.sender_address.raw)
         if refusal is not None:
             raise TxRejected(*refusal)
 
     def committed_nonce(self, sender_public_key: bytes) -> int:
         from ledger.crypto import Address
 
-        return decode_int(self.store.get(nonce_key(Address.from_public_key(sender_public_key).raw)))
+        return decode_int(self.chain.reads.get(nonce_key(Address.from_public_key(sender_public_key).raw)))
 
     def _admit(self, raw: bytes) -> Transaction:
         tx = self.mempool.check(raw, self.chain.height)

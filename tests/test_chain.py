@@ -103,3 +103,13 @@ def test_commit_of_a_height_that_does_not_follow_stops_the_node(chain):
     batch, executed = chain.build([], VALIDATOR.public_key.raw)
     with pytest.raises(ChainError, match="store is at 0"):
         chain.commit(2, batch, _cert(executed.block))
+
+
+def test_cached_committed_reads_follow_every_commit(chain):
+    from contracts.executor import nonce_key
+
+    key = nonce_key(ALICE.address.raw)
+    assert chain.reads.get(key) is None  # cached: the sender has never sent anything
+    batch, executed = chain.build([_tx(0)], VALIDATOR.public_key.raw)
+    chain.commit(1, batch, _cert(executed.block))
+    assert chain.reads.get(key) == chain.store.get(key) is not None
