@@ -1,331 +1,497 @@
-"""How the state tree of :mod:`ledger.state` is stored and updated in batches.
+"""How the state and its tree (:mod:`ledger.state`) are stored and updated in batches.
 
 The binary tree is stored in **chunks** (as Jellyfish Merkle trees do): a chunk is the
 binary subtree of height ``CHUNK_BITS`` below a chunk-aligned position, stored as one
 record keyed by that position. Inside a chunk the binary positions are numbered as a
 heap (1 is the chunk's root, ``2p`` and ``2p + 1`` the children of ``p``, and
 ``SLOT0 .. 2*SLOT0 - 1`` the bottom row, each of which is the root of a child chunk when
-it holds two or more keys). A chunk is a pair of maps::
+it holds two or more keys). A chunk holds the hash of every non-empty position and, for
+every leaf, the key and its value: **the state lives in the tree's chunks**. A position
+that exists and holds no leaf is an internal node (or, on the bottom row, a child
+chunk); positions below a leaf do not exist. Only the current version of each chunk is
+kept.
 
-    hashes: position -> hash          (every non-empty position that exists)
-    leaves: position -> path || value hash   (the positions where a leaf sits)
+**Why chunks, and why the values inside them** (measured at 10^6 keys, blocks of
+10,000 random writes, LMDB with fsync; details in :mod:`ledger.state_db`): a batch
+touches ~75,000 binary nodes but only ~10,000 chunks, so the per-record costs (LMDB
+lookups, puts, dirty pages, decoding) are paid per chunk, while the hashing stays binary
+and proofs stay log2(N) siblings. A durable commit costs what it writes, in whole 4 KB
+pages: with the values in a table of their own (the first version), an update dirtied
+the value's page and its chunk's page, ~85 MB per block; with the values in the chunk,
+an update rewrites one record (~2.9 KB at 10^6 keys: ~15 keys), ~51 MB per block, and
+half as many puts. The price is a read: the key's path, the cached top chunks, and one
+bottom chunk read in place (:func:`lookup`): about twice a plain key lookup. Values
+longer than ``MAX_INLINE_VALUE`` are kept in a record of their own (keyed by path) so
+that a large value is not rewritten with its neighbours; the chunk then holds the key
+and a flag. ``CHUNK_BITS = 8``: 4 would double the records per update.
 
-A position in ``hashes`` but not in ``leaves`` is an internal node (or, on the bottom
-row, a child chunk). Positions below a leaf do not exist. Only the current version of
-each chunk is kept: reads are served at the latest committed height, and LMDB's read
-transactions give each reader a consistent snapshot.
-
-Why chunks: a batch of 10,000 updates at 10^6 keys touches ~90,000 binary nodes but
-only ~10,000 chunks, so the per-record costs (LMDB lookups, puts, page copies, decoding)
-are paid per chunk, while the hashing stays binary and proofs stay log2(N) siblings.
-Why ``CHUNK_BITS = 8``: measured against 4 on this machine at 10^6 keys, the CPU time
-of a 10,000-update batch is about the same (~250 ms either way, in memory), but 8 halves
-the records read and written per batch (~10,000 instead of ~20,000: the bottom chunks
-hold ~15 keys each instead of being split across two levels), and LMDB puts and dirty
-pages are the larger cost of a durable commit. The price is 257 top chunks of ~18 KB
-rewritten by nearly every block.
+The chunk's representation, record format and edits are in :mod:`ledger.state_chunk`.
+At 10^6 keys the 257 top chunks are full (all 511 positions, no leaves): there the slot
+of ``p`` is ``p - 1``, the two children of a node are one 64-byte slice, and the touched
+positions are rehashed level by level (:meth:`TreeBatch._update_full`). Most lower chunks
+receive one write per batch: a straight walk up (:meth:`TreeBatch._update_one`), since a
+write never leaves a leaf alone to hoist.
 
 A batch (:class:`TreeBatch`) sorts the writes by path, descends once, and recomputes
 each touched position once, bottom-up; structural changes (a new key landing on another
 key's leaf, a deletion leaving a lone leaf to hoist) are rebuilt locally. The batch
-never writes: it returns the new root and the chunks to store (``writes``), which the
-store commits in the block's write transaction, or discards.
-
-The record encoding is private to the store (msgpack of the two maps, not part of any
-hash), so it can change with a storage migration without touching the root.
+never writes: it returns the new root, the chunks to store (``writes``) and the
+separate value records to put or delete (``blobs``), which the store commits in the
+block's write transaction, or discards.
 """
 
 from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 
-import msgpack
-
-from ledger.state import EMPTY, NODE_PREFIX, StateProof, leaf_hash, node_hash
+from ledger.state import EMPTY, LEAF_PREFIX, NODE_PREFIX, StateProof
+from ledger.state_chunk import (
+    ANC,
+    CHUNK_BITS,
+    DEPTH_BYTE,
+    FULL,
+    KV,
+    LOW,
+    MASK,
+    MAX_INLINE_VALUE,
+    ROOT_CHUNK,
+    SLOT0,
+    U32,
+    WALK,
+    WALK_BITS,
+    Chunk,
+    chunk_key,
+    copy_chunk,
+    decode_chunk,
+    del_leaf,
+    delete_position,
+    encode_chunk,
+    encoded_size,
+    landing,
+    lookup,
+    new_chunk,
+    payload,
+    set_hash,
+    set_leaf,
+)
+from ledger.statekeys import tree_path
 
 __all__ = [
     "CHUNK_BITS",
+    "MAX_INLINE_VALUE",
     "ROOT_CHUNK",
     "Chunk",
     "TreeBatch",
-    "chunk_depth",
     "chunk_key",
+    "copy_chunk",
     "decode_chunk",
-    "empty_chunk",
-    "chunk_encoder",
     "encode_chunk",
-    "leaf_entry",
+    "encoded_size",
+    "find_leaf",
+    "iter_leaves",
+    "lookup",
+    "op",
     "prove_path",
+    "tree_path",
 ]
 
-CHUNK_BITS = 8
-SLOT0 = 1 << CHUNK_BITS  # first position of a chunk's bottom row
-_MASK = SLOT0 - 1
-_MAX_CHUNK_DEPTH = 256 // CHUNK_BITS  # chunks sit at bit depths 0, 8, ..., 248
-
-# Chunk = [hashes, leaves]; lists (not tuples) so a batch mutates its private copy.
-Chunk = list
-
-_PATH_INT = itemgetter(1)
 _sha256 = hashlib.sha256
 _NODE_EMPTY = NODE_PREFIX + EMPTY
-
-
-def chunk_key(path: bytes, k: int) -> bytes:
-    """The record key of the chunk at chunk depth ``k`` on ``path``'s way: prefix + depth byte.
-
-    Keys of different depths never collide: the last byte is the depth and the length
-    is ``k + 1``.
-    """
-    return path[:k] + _DEPTH_BYTE[k]
-
-
-_DEPTH_BYTE = [bytes([k]) for k in range(_MAX_CHUNK_DEPTH + 1)]
-ROOT_CHUNK = chunk_key(b"", 0)
-
-
-def chunk_depth(key: bytes) -> int:
-    return key[-1]
-
-
-def empty_chunk() -> Chunk:
-    return [{}, {}]
-
-
-def encode_chunk(chunk: Chunk) -> bytes:
-    return msgpack.packb(chunk)
-
-
-def chunk_encoder() -> Callable[[Chunk], bytes]:
-    """A fast :func:`encode_chunk` for one batch of writes (one thread).
-
-    ``msgpack.packb`` builds a new packer with a fresh buffer per call, which costs
-    more than the encoding itself on a large heap; a batch reuses one.
-    """
-    return msgpack.Packer().pack
-
-
-def decode_chunk(blob: bytes) -> Chunk:
-    return msgpack.unpackb(blob, strict_map_key=False)
-
-
-def _walks() -> list[tuple[int, ...]]:
-    """For each bottom-row index, the positions from the chunk root down to it."""
-    out = []
-    for v in range(SLOT0):
-        out.append(tuple((1 << e) | (v >> (CHUNK_BITS - e)) for e in range(CHUNK_BITS + 1)))
-    return out
-
-
-_WALK = _walks()
-# Ancestors of each position inside a chunk, deepest first (so children are hashed
-# before their parents when a single position changed).
-_ANC = [()] + [
-    tuple(a for a in (pos >> s for s in range(1, CHUNK_BITS + 1)) if a)
-    for pos in range(1, 2 * SLOT0)
-]
+_PATH_INT = itemgetter(1)
 # A batch touching more keys than this in one chunk splits them by position with
 # bisect; fewer are walked one by one (cheaper for the sparse lower chunks).
 _SPLIT_THRESHOLD = 6
 
 
+def op(key: bytes, value: bytes | None, path: bytes | None = None) -> tuple:
+    """The tree op writing ``value`` (None: deleting) at ``key``, for :meth:`TreeBatch.apply`.
+
+    ``(path, path as int, leaf hash | None, key, value kept in the chunk, stored outside)``,
+    and for a value stored outside its chunk the value itself as a seventh field.
+    """
+    if path is None:
+        path = tree_path(key)
+    pint = int.from_bytes(path, "big")
+    if value is None:
+        return (path, pint, None, key, None, 0)
+    lh = _sha256(LEAF_PREFIX + path + _sha256(value).digest()).digest()
+    if len(value) > MAX_INLINE_VALUE:
+        return (path, pint, lh, key, b"", 1, value)
+    return (path, pint, lh, key, value, 0)
+
+
+def _item(c: Chunk, pos: int, path_of: Callable[[bytes], bytes]) -> tuple:
+    """The leaf at ``pos`` as an item to place elsewhere (same shape as an op)."""
+    key, value, x = payload(c, pos)
+    path = path_of(key)
+    return (path, int.from_bytes(path, "big"), c.get(pos), key, value, x)
+
+
+# ---------------------------------------------------------------------- batches
+
+
 class TreeBatch:
     """One batch of writes applied to the tree on top of a chunk source.
 
-    ``load(key)`` returns a chunk the batch may mutate (a private copy), or None when no
-    such chunk exists. After :meth:`apply`, ``writes`` maps chunk keys to the chunks to
-    store (None: delete the record).
+    ``load(key)`` returns a chunk the batch may change (a private copy, see
+    :func:`copy_chunk`), or None when no such chunk exists. After :meth:`apply`,
+    ``writes`` maps chunk keys to the chunks to store (None: delete the record) and
+    ``blobs`` maps paths to the values to store outside their chunk (None: delete).
+    ``path_of`` gives a stored key's path (:func:`tree_path`; tests place crafted paths).
     """
 
-    __slots__ = ("load", "writes")
+    __slots__ = ("load", "writes", "blobs", "path_of")
 
-    def __init__(self, load: Callable[[bytes], Chunk | None]) -> None:
+    def __init__(
+        self, load: Callable[[bytes], Chunk | None], path_of: Callable[[bytes], bytes] = tree_path
+    ) -> None:
         self.load = load
+        self.path_of = path_of
         self.writes: dict[bytes, Chunk | None] = {}
+        self.blobs: dict[bytes, bytes | None] = {}
 
-    def apply(self, ops: list[tuple[bytes, int, bytes | None, bytes | None]]) -> bytes:
-        """Apply ``ops`` = sorted [(path, path as int, leaf hash | None, path||vhash | None)].
-
-        A None leaf hash deletes the key. Returns the new root.
-        """
+    def apply(self, ops: list[tuple]) -> bytes:
+        """Apply ``ops`` (see :func:`op`), sorted by path; return the new root."""
         root = self.load(ROOT_CHUNK)
         if root is None:
-            root = empty_chunk()
+            root = new_chunk()
         if not ops:
-            return root[0].get(1, EMPTY)
+            return root.get(1) or EMPTY
+        for o in ops:
+            if o[5]:
+                self.blobs[o[0]] = o[6]
         pis = [o[1] for o in ops]
         h, _ = self._update(ROOT_CHUNK, 0, root, ops, pis, 0, len(ops))
         return EMPTY if h is None else h
 
-    # ------------------------------------------------------------------ internals
+    def _update(self, key, k, c, ops, pis, lo, hi):
+        """Apply ops[lo:hi] (all below this chunk); return the chunk root's new (hash, lone leaf).
 
-    def _update(self, key, k, chunk, ops, pis, lo, hi):
-        """Apply ops[lo:hi] (all below this chunk) and return the chunk root's new (hash, leaf)."""
-        h, p = chunk
-        old_root = h.get(1)
+        The lone leaf is the payload of the only key left below a chunk (other than the
+        root chunk), which then no longer exists: its parent takes the leaf.
+        """
+        if hi - lo == 1 and ops[lo][2] is not None:
+            return self._update_one(key, k, c, ops[lo]), None
+        old_root = c.get(1)
         shift = 256 - CHUNK_BITS * (k + 1)
-        landings = []
-        if hi - lo < _SPLIT_THRESHOLD:
-            i = lo
-            while i < hi:
-                pi = pis[i]
-                v = (pi >> shift) & _MASK
-                for pos in _WALK[v]:
-                    if pos not in h or pos in p:
-                        break
-                else:
-                    j = bisect_left(pis, ((pi >> shift) + 1) << shift, i + 1, hi)
-                    self._descend(h, p, pos, key, k, ops, pis, i, j)
+        # Which positions exist is decided before any change below them, so the
+        # bitmaps as they are now answer for every group of ops.
+        eb = c.eb
+        lb = c.lb
+        if eb == FULL and not lb:
+            self._update_full(k, c, ops, pis, lo, hi, shift)
+        else:
+            landings = []
+            if hi - lo < _SPLIT_THRESHOLD:
+                i = lo
+                while i < hi:
+                    pi = pis[i]
+                    pos, child = landing(eb, lb, (pi >> shift) & MASK)
+                    if child:
+                        j = bisect_left(pis, ((pi >> shift) + 1) << shift, i + 1, hi)
+                        self._descend(c, pos, k, ops, pis, i, j)
+                    else:
+                        s2 = shift + CHUNK_BITS - pos.bit_length() + 1
+                        j = bisect_left(pis, ((pi >> s2) + 1) << s2, i + 1, hi)
+                        self._land(c, pos, k, ops, i, j)
                     landings.append(pos)
                     i = j
-                    continue
-                s2 = shift + CHUNK_BITS - pos.bit_length() + 1
-                j = bisect_left(pis, ((pi >> s2) + 1) << s2, i + 1, hi)
-                self._land(h, p, pos, k, ops, i, j)
-                landings.append(pos)
-                i = j
-        else:
-            stack = [(1, lo, hi)]
-            base_depth = CHUNK_BITS * k - 1
-            while stack:
-                pos, i, j = stack.pop()
-                if pos in h and pos not in p:
-                    if pos >= SLOT0:
-                        self._descend(h, p, pos, key, k, ops, pis, i, j)
-                        landings.append(pos)
+            else:
+                stack = [(1, lo, hi)]
+                base = 256 - CHUNK_BITS * k
+                while stack:
+                    pos, i, j = stack.pop()
+                    if (eb >> pos) & 1 and not (lb >> pos) & 1:
+                        if pos >= SLOT0:
+                            self._descend(c, pos, k, ops, pis, i, j)
+                            landings.append(pos)
+                        else:
+                            s = base - pos.bit_length()
+                            m = bisect_left(pis, ((pis[i] >> s) | 1) << s, i, j)
+                            if m > i:
+                                stack.append((pos + pos, i, m))
+                            if m < j:
+                                stack.append((pos + pos + 1, m, j))
                     else:
-                        s = 255 - base_depth - pos.bit_length()
-                        m = bisect_left(pis, ((pis[i] >> s) | 1) << s, i, j)
-                        if m > i:
-                            stack.append((pos + pos, i, m))
-                        if m < j:
-                            stack.append((pos + pos + 1, m, j))
-                else:
-                    self._land(h, p, pos, k, ops, i, j)
-                    landings.append(pos)
-        if len(landings) == 1:
-            anc = _ANC[landings[0]]
-        else:
-            s = set()
-            for pos in landings:
-                s.update(_ANC[pos])
-            anc = sorted(s, reverse=True)
-        _rehash(h, p, anc)
-        new_root = h.get(1)
-        if k and (new_root is None or 1 in p):
+                        self._land(c, pos, k, ops, i, j)
+                        landings.append(pos)
+            if len(landings) == 1:
+                anc = ANC[landings[0]]
+            else:
+                s = set()
+                for pos in landings:
+                    s.update(ANC[pos])
+                anc = sorted(s, reverse=True)
+            _rehash(c, anc)
+        new_root = c.get(1)
+        if k and (new_root is None or c.lb & 2):
             # At most one key is left below this chunk: it no longer exists, and the
             # lone leaf (if any) moves up into the parent.
             self.writes[key] = None
-            return new_root, p.get(1)
+            return new_root, (c.leaf(1) if new_root is not None else None)
         if new_root != old_root:
             # An empty tree has no root chunk either, so the records depend only on the keys.
-            self.writes[key] = chunk if new_root is not None else None
+            self.writes[key] = c if new_root is not None else None
         return new_root, None
 
-    def _descend(self, h, p, pos, key, k, ops, pis, i, j):
+    def _update_full(self, k, c, ops, pis, lo, hi, shift):
+        """:meth:`_update` for a full chunk without leaves (the top of a large tree).
+
+        Every path ends in a child chunk on the bottom row; the touched positions are
+        then rehashed level by level (each level before its parents). The slot of
+        position p is p - 1, so the two children of a are the 64 bytes at 32 (2a - 1).
+        """
+        dirty = []
+        b = c.b
+        i = lo
+        while i < hi:
+            pi = pis[i]
+            top = pi >> shift
+            pos = (top & MASK) | SLOT0
+            j = i + 1
+            if j < hi and pis[j] >> shift == top:
+                j = bisect_left(pis, (top + 1) << shift, j + 1, hi)
+            if j == i + 1 and ops[i][2] is not None:
+                ckey = ops[i][0][: k + 1] + DEPTH_BYTE[k + 1]
+                child = self.load(ckey)
+                if child is None:
+                    raise AssertionError(f"state tree chunk {ckey.hex()} is missing (store corrupted)")
+                s = (pos - 1) << 5
+                b[s : s + 32] = self._update_one(ckey, k + 1, child, ops[i])
+            else:
+                self._descend(c, pos, k, ops, pis, i, j)
+            dirty.append(pos)
+            i = j
+        if c.eb != FULL or c.lb:
+            # A child chunk was emptied or left a lone leaf: the general case.
+            s = set()
+            for pos in dirty:
+                s.update(ANC[pos])
+            _rehash(c, sorted(s, reverse=True))
+            return
+        sha = _sha256
+        prefix = NODE_PREFIX
+        level = dirty
+        view = memoryview(b)  # writes through a view are cheaper; nothing resizes b here
+        for _ in range(CHUNK_BITS):
+            level = {p >> 1 for p in level}
+            for a in level:
+                x = (a + a - 1) << 5
+                view[(a - 1) << 5 : a << 5] = sha(prefix + b[x : x + 64]).digest()
+        view.release()
+
+    def _update_one(self, key, k, c, o) -> bytes:
+        """:meth:`_update` for a single write (no deletion): the bulk of the lower chunks.
+
+        Writing a key never leaves a leaf alone, so nothing is hoisted and the new hashes
+        are one straight walk up from where the key lands. Returns the new chunk root.
+        """
+        v = (o[1] >> (248 - CHUNK_BITS * k)) & MASK
+        wm = WALK_BITS[v]
+        lb = c.lb
+        low = LOW
+        cur = o[2]
+        if lb & wm:  # a leaf on the way: this key's or another's
+            pos = (lb & wm).bit_length() - 1
+            b = c.b
+            r = (lb & low[pos]).bit_count() << 1
+            ln = c.ne << 5
+            at = ln + (r << 2)
+            kl, vl = KV.unpack_from(b, at)
+            at_key = ln + (c.nl << 3) + sum(U32[r].unpack_from(b, ln))
+            if b[at_key : at_key + kl] == o[3]:  # a new value for this key
+                m = at_key + kl
+                b[m : m + vl] = o[4]
+                if vl != len(o[4]):
+                    KV.pack_into(b, at, kl, len(o[4]))
+                s = (c.eb & low[pos]).bit_count() << 5
+                b[s : s + 32] = cur
+                if (c.xb >> pos) & 1 and not o[5]:
+                    c.xb ^= 1 << pos
+                    self.blobs[o[0]] = None  # its value no longer lives outside
+                elif o[5]:
+                    c.xb |= 1 << pos
+            else:  # both keys go below the other's leaf
+                old = _item(c, pos, self.path_of)
+                del_leaf(c, pos)
+                cur = self._build(c, pos, k, [old, o] if old[0] < o[0] else [o, old], 0, 2)
+        else:
+            e = (c.eb & wm).bit_count()
+            if e > CHUNK_BITS:  # a child chunk
+                pos = WALK[v][CHUNK_BITS]
+                ckey = chunk_key(o[0], k + 1)
+                sub = self.load(ckey)
+                if sub is None:
+                    raise AssertionError(f"state tree chunk {ckey.hex()} is missing (store corrupted)")
+                cur = self._update_one(ckey, k + 1, sub, o)
+            else:  # an empty position
+                pos = WALK[v][e]
+                set_leaf(c, pos, o[3], o[4], o[5])
+            set_hash(c, pos, cur)
+        # Up to the chunk root. ``cur`` is the hash at ``pos``, already in its slot at
+        # offset ``s``; an existing sibling is the adjacent slot.
+        eb = c.eb
+        b = c.b
+        view = memoryview(b)  # writes through a view are cheaper; nothing resizes b here
+        sha = _sha256
+        prefix = NODE_PREFIX
+        s = (eb & low[pos]).bit_count() << 5
+        while pos > 1:
+            if pos & 1:
+                if (eb >> (pos - 1)) & 1:
+                    cur = sha(prefix + b[s - 32 : s + 32]).digest()
+                else:
+                    cur = sha(_NODE_EMPTY + cur).digest()
+            elif (eb >> (pos + 1)) & 1:
+                cur = sha(prefix + b[s : s + 64]).digest()
+            else:
+                cur = sha(prefix + cur + EMPTY).digest()
+            pos >>= 1
+            s = (eb & low[pos]).bit_count() << 5
+            view[s : s + 32] = cur
+        view.release()
+        self.writes[key] = c
+        return cur
+
+    def _descend(self, c, pos, k, ops, pis, i, j):
         """Apply ops[i:j] to the child chunk at bottom-row position ``pos``."""
         ckey = chunk_key(ops[i][0], k + 1)
         child = self.load(ckey)
         if child is None:
             raise AssertionError(f"state tree chunk {ckey.hex()} is missing (store corrupted)")
-        ch, cp = self._update(ckey, k + 1, child, ops, pis, i, j)
+        ch, lone = self._update(ckey, k + 1, child, ops, pis, i, j)
         if ch is None:
-            del h[pos]
+            delete_position(c, pos)
         else:
-            h[pos] = ch
-            if cp is not None:
-                p[pos] = cp
+            set_hash(c, pos, ch)
+            if lone is not None:
+                set_leaf(c, pos, *lone)
 
-    def _land(self, h, p, pos, k, ops, i, j):
+    def _land(self, c, pos, k, ops, i, j):
         """Apply ops[i:j] at ``pos``, which is empty or holds one leaf."""
-        old = p.get(pos)
-        if j == i + 1:
-            o = ops[i]
-            if old is not None and o[3] is not None and old[:32] == o[0]:
-                h[pos] = o[2]  # the common case: a new value for an existing key
-                p[pos] = o[3]
-                return
-        old_path = old[:32] if old is not None else None
+        old = _item(c, pos, self.path_of) if (c.lb >> pos) & 1 else None
         items = []
         pending = old is not None
         for t in range(i, j):
             o = ops[t]
-            if o[0] == old_path:
+            if pending and o[0] == old[0]:
                 pending = False
+                if old[5] and not o[5]:
+                    self.blobs[o[0]] = None  # its value no longer lives outside
                 if o[2] is not None:
                     items.append(o)
             elif o[2] is not None:
-                if pending and o[0] > old_path:
-                    items.append((old_path, int.from_bytes(old_path, "big"), h[pos], old))
+                if pending and o[0] > old[0]:
+                    items.append(old)
                     pending = False
                 items.append(o)
         if pending:
-            items.append((old_path, int.from_bytes(old_path, "big"), h[pos], old))
-        h.pop(pos, None)
-        p.pop(pos, None)
+            items.append(old)
         if items:
-            self._build(h, p, pos, k, items, 0, len(items))
+            del_leaf(c, pos)
+            self._build(c, pos, k, items, 0, len(items))
+        else:
+            delete_position(c, pos)
 
-    def _build(self, h, p, pos, k, items, lo, hi):
-        """Place the sorted ``items[lo:hi]`` in the empty subtree at ``pos``."""
+    def _build(self, c, pos, k, items, lo, hi) -> bytes:
+        """Place the sorted ``items[lo:hi]`` in the empty subtree at ``pos``; return its hash."""
         if hi - lo == 1:
             item = items[lo]
-            h[pos] = item[2]
-            p[pos] = item[3]
-            return
+            set_hash(c, pos, item[2])
+            set_leaf(c, pos, item[3], item[4], item[5])
+            return item[2]
         if pos >= SLOT0:
-            child = empty_chunk()
-            self._build(child[0], child[1], 1, k + 1, items, lo, hi)
+            child = new_chunk()
+            h = self._build(child, 1, k + 1, items, lo, hi)
             self.writes[chunk_key(items[lo][0], k + 1)] = child
-            h[pos] = child[0][1]
-            return
+            set_hash(c, pos, h)
+            return h
         s = 256 - CHUNK_BITS * k - pos.bit_length()
         mid = bisect_left(items, ((items[lo][1] >> s) | 1) << s, lo, hi, key=_PATH_INT)
-        left = pos + pos
-        if mid > lo:
-            self._build(h, p, left, k, items, lo, mid)
-        if mid < hi:
-            self._build(h, p, left + 1, k, items, mid, hi)
-        h[pos] = node_hash(h.get(left, EMPTY), h.get(left + 1, EMPTY))
+        left = self._build(c, pos + pos, k, items, lo, mid) if mid > lo else EMPTY
+        right = self._build(c, pos + pos + 1, k, items, mid, hi) if mid < hi else EMPTY
+        h = _sha256(NODE_PREFIX + left + right).digest()
+        set_hash(c, pos, h)
+        return h
 
 
-def _rehash(h: dict, p: dict, anc) -> None:
-    """Recompute positions ``anc`` (children first), hoisting lone leaves."""
-    # node_hash is inlined: this loop runs ~90,000 times per 10,000-update batch.
+def _rehash(c: Chunk, anc) -> None:
+    """Recompute positions ``anc`` (children first; each exists and holds no leaf)."""
     sha = _sha256
+    prefix = NODE_PREFIX
+    b = c.b
+    low = LOW
     for a in anc:
+        eb = c.eb
         a2 = a + a
-        left = h.get(a2)
-        right = h.get(a2 + 1)
-        if left is None:
-            if right is None:
-                h.pop(a, None)
-            elif a2 + 1 in p:
-                h[a] = right
-                p[a] = p.pop(a2 + 1)
-                del h[a2 + 1]
-            else:
-                h[a] = sha(_NODE_EMPTY + right).digest()
-        elif right is None:
-            if a2 in p:
-                h[a] = left
-                p[a] = p.pop(a2)
-                del h[a2]
-            else:
-                h[a] = sha(NODE_PREFIX + left + EMPTY).digest()
+        two = (eb >> a2) & 3
+        x = (eb & low[a2]).bit_count() << 5
+        if two == 3:
+            h = sha(prefix + b[x : x + 64]).digest()  # adjacent slots
+        elif two == 1:
+            if (c.lb >> a2) & 1:
+                _hoist(c, a2, a)
+                continue
+            h = sha(prefix + b[x : x + 32] + EMPTY).digest()
+        elif two == 2:
+            if (c.lb >> (a2 + 1)) & 1:
+                _hoist(c, a2 + 1, a)
+                continue
+            h = sha(_NODE_EMPTY + b[x : x + 32]).digest()
         else:
-            h[a] = sha(NODE_PREFIX + left + right).digest()
+            delete_position(c, a)  # both children gone
+            continue
+        s = (eb & low[a]).bit_count() << 5
+        b[s : s + 32] = h
+
+
+def _hoist(c: Chunk, child: int, a: int) -> None:
+    """Move the lone leaf at ``child`` up to its parent ``a``."""
+    h = c.get(child)
+    key, value, x = payload(c, child)
+    delete_position(c, child)
+    set_hash(c, a, h)
+    set_leaf(c, a, key, value, x)
+
+
+# ---------------------------------------------------------------------- reads
+
+
+def find_leaf(
+    load: Callable[[bytes], Chunk | None], path: bytes
+) -> tuple[Chunk, int] | None:
+    """The chunk and position of the leaf where ``path``'s walk ends, or None (empty).
+
+    The leaf is the key's own or, when the key is absent, another key's.
+    """
+    pi = int.from_bytes(path, "big")
+    k = 0
+    chunk = load(ROOT_CHUNK)
+    while chunk is not None:
+        pos, child = landing(chunk.eb, chunk.lb, (pi >> (248 - CHUNK_BITS * k)) & MASK)
+        if child:
+            k += 1
+            chunk = load(chunk_key(path, k))
+            if chunk is None:
+                raise AssertionError("state tree chunk missing (store corrupted)")
+        elif (chunk.lb >> pos) & 1:
+            return chunk, pos
+        else:
+            return None
+    return None
 
 
 def prove_path(
     load: Callable[[bytes], Chunk | None], path: bytes
-) -> tuple[bytes | None, StateProof]:
-    """Build the proof for the key at ``path``. Returns (value hash if present, proof).
+) -> tuple[tuple[bytes, bytes, int] | None, bytes | None, StateProof]:
+    """Walk to the position of ``path``: (leaf payload there, its leaf hash, proof without ``other``).
 
-    ``load`` returns stored chunks (not mutated here).
+    The leaf found is the key's own (membership), another key's (absence; the caller
+    adds that key's path and value hash as the proof's ``other``), or none (absence).
+    ``load`` returns stored chunks (not changed here).
     """
     pi = int.from_bytes(path, "big")
     siblings: list[bytes] = []
@@ -335,14 +501,12 @@ def prove_path(
     chunk = load(ROOT_CHUNK)
     pos = 1
     while chunk is not None:
-        h, p = chunk
-        if pos not in h:  # empty position
-            return None, _proof(depth, bits, siblings, None)
-        leaf = p.get(pos)
+        h = chunk.get(pos)
+        if h is None:  # empty position
+            return None, None, _proof(depth, bits, siblings)
+        leaf = chunk.leaf(pos)
         if leaf is not None:
-            if leaf[:32] == path:
-                return leaf[32:], _proof(depth, bits, siblings, None)
-            return None, _proof(depth, bits, siblings, (leaf[:32], leaf[32:]))
+            return leaf, h, _proof(depth, bits, siblings)
         if pos >= SLOT0:  # a child chunk
             k += 1
             chunk = load(chunk_key(path, k))
@@ -351,7 +515,7 @@ def prove_path(
             pos = 1
             continue
         bit = (pi >> (255 - depth)) & 1
-        sib = h.get((pos + pos) | (bit ^ 1))
+        sib = chunk.get((pos + pos) | (bit ^ 1))
         bits <<= 1
         if sib is not None:
             bits |= 1
@@ -359,15 +523,47 @@ def prove_path(
         depth += 1
         pos = (pos + pos) | bit
     # Only an empty tree has no root chunk.
-    return None, _proof(0, 0, [], None)
+    return None, None, _proof(0, 0, [])
 
 
-def _proof(depth: int, bits: int, siblings: list[bytes], other) -> StateProof:
+def _proof(depth: int, bits: int, siblings: list[bytes]) -> StateProof:
     nbytes = (depth + 7) // 8
     bitmap = (bits << (nbytes * 8 - depth)).to_bytes(nbytes, "big") if depth else b""
-    return StateProof(depth, bitmap, tuple(siblings), other)
+    return StateProof(depth, bitmap, tuple(siblings), None)
 
 
-def leaf_entry(path: bytes, vhash: bytes) -> tuple[bytes, int, bytes, bytes]:
-    """An op writing a value whose hash is ``vhash`` at ``path`` (for :meth:`TreeBatch.apply`)."""
-    return (path, int.from_bytes(path, "big"), leaf_hash(path, vhash), path + vhash)
+def iter_leaves(
+    load: Callable[[bytes], Chunk | None],
+    start: bytes = b"",
+    path_of: Callable[[bytes], bytes] = tree_path,
+) -> Iterator[tuple[bytes, bytes, int]]:
+    """Every leaf's (key, value, stored outside) in tree order, from the first path ``>= start``.
+
+    ``start`` is a tree position of up to 32 bytes (shorter ones are padded with zero
+    bits). Subtrees that end before ``start`` are skipped, not read.
+    """
+    s = int.from_bytes(start[:32].ljust(32, b"\x00"), "big")
+    root = load(ROOT_CHUNK)
+    if root is None:
+        return
+    # (chunk, position, chunk depth, bits of the position's path, number of those bits)
+    stack = [(root, 1, 0, 0, 0)]
+    while stack:
+        chunk, pos, k, prefix, depth = stack.pop()
+        if not (chunk.eb >> pos) & 1:
+            continue
+        first = prefix << (256 - depth)
+        if first + (1 << (256 - depth)) <= s:
+            continue  # the whole subtree lies before start
+        if (chunk.lb >> pos) & 1:
+            key, value, x = payload(chunk, pos)
+            if first >= s or int.from_bytes(path_of(key), "big") >= s:
+                yield key, value, x
+        elif pos >= SLOT0:
+            child = load(chunk_key(first.to_bytes(32, "big"), k + 1))
+            if child is None:
+                raise AssertionError("state tree chunk missing (store corrupted)")
+            stack.append((child, 1, k + 1, prefix, depth))
+        else:
+            stack.append((chunk, pos + pos + 1, k, (prefix << 1) | 1, depth + 1))
+            stack.append((chunk, pos + pos, k, prefix << 1, depth + 1))

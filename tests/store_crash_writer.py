@@ -1,10 +1,16 @@
 """A store writer for the crash test: applies deterministic blocks until it is killed.
 
-    python tests/store_crash_writer.py STORE_DIR SEED
+    python tests/store_crash_writer.py STORE_DIR SEED [REPO]
+
+Prints each height once it is durable, one per line.
 
 Block ``h``'s writes, transactions and metadata are a function of (SEED, h) only, so
 the test that SIGKILLs this process can recompute exactly what the store must hold at
-whatever height it finds after reopening.
+whatever height it finds after reopening. It runs as the node does: a committer thread
+(``ledger.store.Committer``) commits block h while the main thread prepares block
+h + 1 on top of it. Some values
+are longer than the store keeps inside its tree chunks, and chunks grow and shrink
+across the store's two record sizes, so every kind of record is written.
 """
 
 from __future__ import annotations
@@ -22,7 +28,12 @@ def block_writes(seed: int, height: int) -> dict[bytes, bytes | None]:
     writes: dict[bytes, bytes | None] = {}
     for _ in range(rng.randrange(1, 300)):
         key = b"k%d" % rng.randrange(KEY_POOL)
-        writes[key] = None if rng.random() < 0.25 else rng.randbytes(rng.randrange(1, 200))
+        if rng.random() < 0.25:
+            writes[key] = None
+        elif rng.random() < 0.03:
+            writes[key] = rng.randbytes(rng.randrange(1025, 3000))  # kept outside its chunk
+        else:
+            writes[key] = rng.randbytes(rng.randrange(1, 200))
     return writes
 
 
@@ -44,30 +55,32 @@ def block_hash(seed: int, height: int) -> bytes:
 
 def main() -> None:
     sys.path.insert(0, sys.argv[3] if len(sys.argv) > 3 else ".")
-    from ledger.store import Store
+    from ledger.store import Committer, Store
 
     path, seed = sys.argv[1], int(sys.argv[2])
     store = Store.open(path, CHAIN_ID)
     height = store.height
     height = 0 if height is None else height + 1
-    prepared = None
-    while True:
-        # Pipelined like the node: the next block is prepared on top of the current one
-        # before the current one commits.
-        current = (
-            prepared if prepared is not None else store.prepare_state(block_writes(seed, height))
-        )
-        prepared = store.prepare_state(block_writes(seed, height + 1), parent=current)
-        store.apply_block(
-            height,
-            block_hash(seed, height),
-            block_bytes(seed, height),
-            b"cert %d" % height,
-            current,
-            tx_entries=block_txs(seed, height),
-            meta={"last": b"%d" % height},
-        )
-        height += 1
+    with Committer(store) as committer:
+        parent = None
+        done = None
+        while True:
+            # Block `height` is prepared on top of the previous one while it commits.
+            prepared = store.prepare_state(block_writes(seed, height), parent=parent)
+            if done is not None:
+                done.result()
+                print(height - 1, flush=True)  # durable: the test may kill us from now on
+            done = committer.apply_block(
+                height,
+                block_hash(seed, height),
+                block_bytes(seed, height),
+                b"cert %d" % height,
+                prepared,
+                tx_entries=block_txs(seed, height),
+                meta={"last": b"%d" % height},
+            )
+            parent = prepared
+            height += 1
 
 
 if __name__ == "__main__":

@@ -26,46 +26,71 @@ from ledger.state import (
     value_hash,
     verify_proof,
 )
-from ledger.state_tree import TreeBatch, decode_chunk, encode_chunk, leaf_entry, prove_path
+from ledger.state_tree import (
+    MAX_INLINE_VALUE,
+    TreeBatch,
+    decode_chunk,
+    encode_chunk,
+    encoded_size,
+    iter_leaves,
+    op,
+    prove_path,
+)
 from ledger.statekeys import state_key, tree_path
 
 
 class MemoryTree:
-    """The stored tree over an in-memory record map (the store uses LMDB)."""
+    """The stored tree over an in-memory record map (the store uses LMDB).
 
-    def __init__(self) -> None:
+    ``path_of`` places keys (``tree_path`` unless a test crafts paths).
+    """
+
+    def __init__(self, path_of=tree_path) -> None:
         self.records: dict[bytes, bytes] = {}
+        self.blobs: dict[bytes, bytes] = {}
         self.root = EMPTY
+        self.path_of = path_of
 
     def load(self, key: bytes):
         raw = self.records.get(key)
         return None if raw is None else decode_chunk(raw)
 
     def apply_ops(self, ops) -> bytes:
-        batch = TreeBatch(self.load)
-        self.root = batch.apply(sorted(ops))
+        batch = TreeBatch(self.load, self.path_of)
+        self.root = batch.apply(sorted(ops, key=lambda o: o[0]))
         for key, chunk in batch.writes.items():
             if chunk is None:
                 self.records.pop(key, None)
             else:
-                self.records[key] = encode_chunk(chunk)
+                # Compact records at the top, as the store writes them.
+                self.records[key] = encode_chunk(chunk, compact=key[-1] <= 1)
+        for path, value in batch.blobs.items():
+            if value is None:
+                self.blobs.pop(path, None)
+            else:
+                self.blobs[path] = value
         return self.root
 
     def write(self, writes: dict[bytes, bytes | None]) -> bytes:
-        ops = []
-        for key, value in writes.items():
-            path = tree_path(key)
-            if value is None:
-                ops.append((path, int.from_bytes(path, "big"), None, None))
-            else:
-                ops.append(leaf_entry(path, value_hash(value)))
-        return self.apply_ops(ops)
+        return self.apply_ops([op(k, v, self.path_of(k)) for k, v in writes.items()])
 
     def chunks(self) -> dict:
-        return {key: decode_chunk(raw) for key, raw in self.records.items()}
+        """The stored records (canonical bytes) by key."""
+        return dict(self.records)
+
+    def state(self) -> dict[bytes, bytes]:
+        return {
+            key: self.blobs[self.path_of(key)] if outside else value
+            for key, value, outside in iter_leaves(self.load, b"", self.path_of)
+        }
 
     def proof(self, key: bytes) -> bytes:
-        return prove_path(self.load, tree_path(key))[1].encode()
+        leaf, _, proof = prove_path(self.load, self.path_of(key))
+        if leaf is not None and leaf[0] != key:
+            path = self.path_of(leaf[0])
+            value = self.blobs[path] if leaf[2] else leaf[1]
+            proof = StateProof(proof.depth, proof.bitmap, proof.siblings, (path, value_hash(value)))
+        return proof.encode()
 
 
 def reference_root(leaves: dict[bytes, bytes]) -> bytes:
@@ -84,8 +109,29 @@ def reference_root(leaves: dict[bytes, bytes]) -> bytes:
     return sub(items, 0)
 
 
+def verify_crafted(tree: MemoryTree, path: bytes, value: bytes) -> bool:
+    """verify_proof's walk for a key placed at a crafted path (verify_proof hashes real keys)."""
+    proof = StateProof.decode(tree.proof(path))
+    cur = leaf_hash(path, value_hash(value))
+    bits = int.from_bytes(proof.bitmap, "big") >> (len(proof.bitmap) * 8 - proof.depth)
+    siblings = list(proof.siblings)
+    for d in range(proof.depth - 1, -1, -1):
+        sib = siblings.pop() if bits & 1 else EMPTY
+        bits >>= 1
+        if (int.from_bytes(path, "big") >> (255 - d)) & 1:
+            cur = node_hash(sib, cur)
+        else:
+            cur = node_hash(cur, sib)
+    return cur == tree.root
+
+
 keys_st = st.binary(min_size=1, max_size=12)
-values_st = st.binary(max_size=40)
+# Mostly short values (kept in their chunk), sometimes one longer than MAX_INLINE_VALUE
+# (kept in a record of its own).
+values_st = st.one_of(
+    st.binary(max_size=40),
+    st.binary(max_size=4).map(lambda b: b + bytes(MAX_INLINE_VALUE)),
+)
 state_st = st.dictionaries(keys_st, values_st, max_size=60)
 
 
@@ -106,6 +152,8 @@ def test_root_is_independent_of_insertion_order_and_batching(state, seed):
     one_batch.write(dict(state))
     assert one_batch.root == tree.root
     assert one_batch.chunks() == tree.chunks()  # the stored layout is canonical too
+    assert one_batch.blobs == tree.blobs
+    assert tree.state() == state
 
 
 @settings(max_examples=60, deadline=None)
@@ -122,6 +170,7 @@ def test_insert_then_delete_restores_the_earlier_root(state, extra, seed):
     tree.write({k: state[k] for k in changed} | {k: None for k in added})
     assert tree.root == before
     assert tree.chunks() == chunks_before  # deletions collapse: no stale chunks remain
+    assert tree.blobs == {tree_path(k): v for k, v in state.items() if len(v) > MAX_INLINE_VALUE}
 
 
 def test_deleting_every_key_gives_the_empty_root():
@@ -145,16 +194,19 @@ def test_crafted_paths_with_long_shared_prefixes_match_the_definition():
         paths.add(bytes(flip))
         paths.add(bytes(flip[:-1]) + bytes([flip[-1] ^ 1]))
     paths.add(base)
+    # Each key is its own path here (SHA-256 never gives such prefixes).
     leaves: dict[bytes, bytes] = {}
-    tree = MemoryTree()
+    tree = MemoryTree(path_of=lambda key: key)
     for step, path in enumerate(sorted(paths, key=lambda _: rng.random())):
-        vh = hashlib.sha256(b"%d" % step).digest()
-        leaves[path] = leaf_hash(path, vh)
-        tree.apply_ops([leaf_entry(path, vh)])
+        value = b"%d" % step
+        leaves[path] = leaf_hash(path, value_hash(value))
+        tree.write({path: value})
         assert tree.root == reference_root(leaves)
+    for path in paths:
+        assert verify_crafted(tree, path, tree.state()[path])
     for path in sorted(paths, key=lambda _: rng.random()):
         del leaves[path]
-        tree.apply_ops([(path, int.from_bytes(path, "big"), None, None)])
+        tree.write({path: None})
         assert tree.root == reference_root(leaves)
     assert tree.root == EMPTY
 
@@ -273,3 +325,54 @@ def test_proof_is_compact_at_scale():
     assert max(sizes) < 40 * 34
     proof = StateProof.decode(tree.proof(next(iter(state))))
     assert proof.depth - len(proof.siblings) <= 3  # empty siblings are elided, not listed
+
+
+def test_long_values_live_outside_their_chunk_and_follow_their_key():
+    tree = MemoryTree()
+    small = {b"k%d" % i: b"v%d" % i for i in range(400)}
+    long_value = bytes(range(256)) * 5  # longer than MAX_INLINE_VALUE
+    tree.write(small | {b"k7": long_value, b"big": long_value})
+    expected = small | {b"k7": long_value, b"big": long_value}
+    assert tree.root == compute_root(expected.items())
+    assert tree.blobs == {tree_path(b"k7"): long_value, tree_path(b"big"): long_value}
+    assert not any(long_value in raw for raw in tree.records.values())
+    # Keys move between chunks as others arrive: a long value's record stays keyed by path.
+    tree.write({b"n%d" % i: b"x" for i in range(2000)})
+    expected |= {b"n%d" % i: b"x" for i in range(2000)}
+    assert tree.state() == expected
+    assert verify_proof(tree.root, b"big", long_value, tree.proof(b"big"))
+    # Short again, then deleted: its record goes.
+    tree.write({b"k7": b"short", b"big": None})
+    expected |= {b"k7": b"short"}
+    del expected[b"big"]
+    assert tree.blobs == {}
+    assert tree.state() == expected
+    assert tree.root == compute_root(expected.items())
+
+
+def test_iteration_is_in_tree_order_from_any_position():
+    tree = MemoryTree()
+    state = {b"key%d" % i: b"%d" % i for i in range(3000)}
+    tree.write(state)
+    ordered = sorted(state, key=tree_path)
+    assert [k for k, _, _ in iter_leaves(tree.load)] == ordered
+    for cut in (1, 17, 1500, 2999):
+        start = tree_path(ordered[cut])
+        assert [k for k, _, _ in iter_leaves(tree.load, start)] == ordered[cut:]
+        after = (int.from_bytes(start, "big") + 1).to_bytes(32, "big")
+        assert [k for k, _, _ in iter_leaves(tree.load, after)] == ordered[cut + 1 :]
+    assert list(iter_leaves(tree.load, b"\xff" * 32)) == []
+    assert list(iter_leaves(MemoryTree().load)) == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(state=st.dictionaries(keys_st, values_st, min_size=1, max_size=600))
+def test_compact_records_decode_to_the_same_chunk(state):
+    tree = MemoryTree()
+    tree.write(dict(state))
+    for raw in tree.records.values():
+        chunk = decode_chunk(raw)
+        for compact in (False, True):
+            again = decode_chunk(encode_chunk(chunk, compact))
+            assert again.items() == chunk.items()
+            assert len(encode_chunk(chunk, compact)) == encoded_size(chunk, compact)
