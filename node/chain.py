@@ -219,9 +219,9 @@ class Chain:
 
     def _execute(self, block: Block, encoded: bytes) -> Executed:
         store = self.store
-        result = self.executor.execute_block(
-            _Reader(store), self._context(block.header), list(block.txs)
-        )
+        # One LMDB snapshot for every read of the block (a snapshot per get costs twice).
+        with store.reader() as reader:
+            result = self.executor.execute_block(reader, self._context(block.header), list(block.txs))
         prepared = store.prepare_state(result.writes)
         receipts = list(result.receipts)
         return Executed(block, encoded, prepared, receipts, [r.encode() for r in receipts])
@@ -323,19 +323,6 @@ class CommittedReads:
 
     def clear(self) -> None:
         self._values.clear()
-
-
-class _Reader:
-    """What the executor reads: the committed state."""
-
-    __slots__ = ("_get",)
-
-    def __init__(self, store: Store, at: PreparedState | None = None) -> None:
-        get = store.get
-        self._get = (lambda key: get(key)) if at is None else (lambda key: get(key, at=at))
-
-    def get(self, key: bytes) -> bytes | None:
-        return self._get(key)
 
 
 def decode_value(raw: bytes | None):
