@@ -13,7 +13,7 @@ so the same image runs on a laptop devnet and in a container.
     [api]
     host = "127.0.0.1"
     port = 8080
-    tls = false                        # serve HTTPS with the node's certificate
+    tls = false                        # serve HTTPS (the node's certificate unless cert_file/key_file)
     max_request_bytes = 1048576
 
     [peer]
@@ -58,7 +58,11 @@ class ConfigError(ValueError):
 class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Serve HTTPS. Without cert_file/key_file the node's own certificate is used (its
+    # Ed25519 node key; clients pin it); an operator may give a CA-issued certificate.
     tls: bool = False
+    cert_file: str = ""
+    key_file: str = ""
     max_request_bytes: int = 1 << 20
 
 
@@ -172,6 +176,10 @@ class NodeConfig:
                 raise ConfigError(f"peer.peers: {key!r} is not a 32-byte node key in hex") from None
         if self.log.mode not in ("json", "console"):
             raise ConfigError(f"log.mode must be 'json' or 'console', not {self.log.mode!r}")
+        if self.api.tls and bool(self.api.cert_file) != bool(self.api.key_file):
+            raise ConfigError("api.cert_file and api.key_file go together (or neither: the node's own certificate)")
+        if self.api.tls and not self.api.cert_file and not self.key_file:
+            raise ConfigError("api.tls needs a certificate: set api.cert_file/api.key_file, or key_file for the node's own")
         if self.store.map_size < 1 << 20:
             raise ConfigError("store.map_size must be at least 1 MiB")
 

@@ -180,7 +180,9 @@ class Node:
             cert, _ = make_node_certificate(self.key, self.name)
             if cert.decode() != certs[self.node_key]:
                 raise NodeError("this validator's certificate does not match the one in genesis (was the key or name changed?)")
-            tls = PeerTls.for_validator(self.key, cert, {k: c.encode() for k, c in certs.items() if k != self.node_key})
+            others = {k: c.encode() for k, c in certs.items() if k != self.node_key}
+            # A shard of one validator has no peer to pin (and no peer connection to protect).
+            tls = PeerTls.for_validator(self.key, cert, others) if others else None
         self.mesh = PeerMesh(
             self.key, self.chain_id, peers, tls=tls, on_message=self._on_peer_message,
             limits=MeshLimits(queue_frames=self.config.peer.queue_len), listen=(self.config.peer.host, self.config.peer.port),
@@ -189,8 +191,21 @@ class Node:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _api_tls(self):
+        """The HTTPS context of the public API, or None for plain HTTP."""
+        if not self.config.api.tls:
+            return None
+        from node.tls import api_server_context, make_node_certificate
+
+        if self.config.api.cert_file:
+            cert = Path(self.config.api.cert_file).read_bytes()
+            key = Path(self.config.api.key_file).read_bytes()
+        else:
+            cert, key = make_node_certificate(self.key, self.name)
+        return api_server_context(cert, key)
+
     async def start(self) -> None:
-        await self.api.start(self.config.api.host, self.config.api.port)
+        await self.api.start(self.config.api.host, self.config.api.port, ssl_context=self._api_tls())
         if self.role == "validator":
             assert self.driver is not None and self.mesh is not None
             await self.mesh.start()
