@@ -51,6 +51,20 @@
     keystore = "keys/{name}.json"
 
 Relative paths are relative to the configuration file.
+
+Endpoints:
+
+- ``tcp://host:port``: Modbus TCP (port 502 by default).
+- ``rtu+tcp://host:port``: RTU frames over TCP, as serial device servers forward them.
+- ``rtu://DEVICE?baudrate=9600&parity=N&stopbits=1``: an RS-485 (or RS-232) line on a
+  local serial port, e.g. ``rtu:///dev/ttyUSB0?baudrate=9600&parity=E`` or a stable
+  ``/dev/serial/by-id/...`` path. Unit ids 1..247. RTU frames are 8 data bits; parity
+  ``N``, ``E`` or ``O``; 1 or 2 stop bits (the Modbus serial line specification asks
+  for 2 stop bits without parity, but many meters ship with ``8N1``: match the
+  meters). Every meter on one device shares one bus, so they must all name the same
+  line settings; the gateway then keeps one client per bus and sends one request at a
+  time on it. ``read_timeout_s`` is the meter's turnaround: the time a maximum-size
+  frame takes on the wire at the line's baud rate is added to it.
 """
 
 from __future__ import annotations
@@ -82,7 +96,10 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where meters answer: Modbus TCP, RTU framing over TCP, or a serial line (RTU)."""
+    """Where meters answer: Modbus TCP, RTU framing over TCP, or a serial line (RTU).
+
+    For ``rtu`` the endpoint is one bus: its device path and line settings.
+    """
 
     kind: str  # "tcp", "rtu+tcp" or "rtu"
     host: str = ""
@@ -95,11 +112,15 @@ class Endpoint:
 
     def __str__(self) -> str:
         if self.kind == "rtu":
-            return f"rtu://{self.device}?baudrate={self.baudrate}&parity={self.parity}"
+            return f"rtu://{self.device}?baudrate={self.baudrate}&parity={self.parity}&stopbits={self.stopbits}"
         return f"{self.kind}://{self.host}:{self.port}"
 
 
+_SERIAL_OPTIONS = {"baudrate", "parity", "stopbits", "bytesize"}
+
+
 def parse_endpoint(text: str) -> Endpoint:
+    """``tcp://host:port``, ``rtu+tcp://host:port`` or ``rtu://DEVICE?baudrate=...``; ConfigError if not."""
     if not isinstance(text, str):
         raise ConfigError(f"endpoint must be text like tcp://host:502, got {text!r}")
     parts = urlsplit(text)
@@ -112,22 +133,42 @@ def parse_endpoint(text: str) -> Endpoint:
             raise ConfigError(f"endpoint {text!r} has no host; write tcp://host:port")
         return Endpoint(parts.scheme, parts.hostname, port)
     if parts.scheme == "rtu":
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        try:
-            endpoint = Endpoint(
-                "rtu",
-                device=parts.path,
-                baudrate=int(query.get("baudrate", 9600)),
-                parity=query.get("parity", "N").upper(),
-                stopbits=int(query.get("stopbits", 1)),
-                bytesize=int(query.get("bytesize", 8)),
-            )
-        except ValueError:
-            raise ConfigError(f"endpoint {text!r}: baudrate, stopbits and bytesize are numbers") from None
-        if not endpoint.device or endpoint.parity not in ("N", "E", "O"):
-            raise ConfigError(f"endpoint {text!r}: write rtu:///dev/ttyUSB0?baudrate=9600&parity=N")
-        return endpoint
+        return _serial_endpoint(text, parts.netloc + parts.path, parts.query)
     raise ConfigError(f"endpoint {text!r}: the scheme must be tcp://, rtu+tcp:// or rtu://")
+
+
+def _serial_endpoint(text: str, device: str, query_text: str) -> Endpoint:
+    usage = "write rtu:///dev/ttyUSB0?baudrate=9600&parity=N&stopbits=1"
+    try:
+        query = {k: v[-1] for k, v in parse_qs(query_text, strict_parsing=bool(query_text)).items()}
+    except ValueError:
+        raise ConfigError(f"endpoint {text!r}: cannot read the line settings; {usage}") from None
+    unknown = set(query) - _SERIAL_OPTIONS
+    if unknown:
+        # A misspelt "baud=19200" must not silently leave the line at 9600.
+        raise ConfigError(f"endpoint {text!r}: unknown line settings {sorted(unknown)}; allowed: {sorted(_SERIAL_OPTIONS)}")
+    try:
+        endpoint = Endpoint(
+            "rtu",
+            device=device,
+            baudrate=int(query.get("baudrate", 9600)),
+            parity=query.get("parity", "N").upper(),
+            stopbits=int(query.get("stopbits", 1)),
+            bytesize=int(query.get("bytesize", 8)),
+        )
+    except ValueError:
+        raise ConfigError(f"endpoint {text!r}: baudrate, stopbits and bytesize are numbers; {usage}") from None
+    if not endpoint.device.startswith("/"):
+        raise ConfigError(f"endpoint {text!r}: the serial device must be an absolute path; {usage}")
+    if not 50 <= endpoint.baudrate <= 4_000_000:
+        raise ConfigError(f"endpoint {text!r}: baudrate {endpoint.baudrate} is outside 50..4000000")
+    if endpoint.parity not in ("N", "E", "O"):
+        raise ConfigError(f"endpoint {text!r}: parity must be N, E or O, not {endpoint.parity!r}")
+    if endpoint.stopbits not in (1, 2):
+        raise ConfigError(f"endpoint {text!r}: stopbits must be 1 or 2, not {endpoint.stopbits}")
+    if endpoint.bytesize != 8:
+        raise ConfigError(f"endpoint {text!r}: Modbus RTU frames are 8 data bits, not {endpoint.bytesize}")
+    return endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +337,20 @@ def _meters(doc: dict, base: Path, where: str) -> tuple[MeterSettings, ...]:
             raise ConfigError(f"{where}: two meters at {m.endpoint} unit {m.unit_id}")
         names.add(m.name)
         wires.add((m.endpoint, m.unit_id))
+    _check_serial_buses(meters, where)
     return tuple(meters)
+
+
+def _check_serial_buses(meters: list[MeterSettings], where: str) -> None:
+    """Meters on one serial device share one bus: one set of line settings, unique unit ids."""
+    buses: dict[str, Endpoint] = {}
+    for m in meters:
+        if m.endpoint.kind != "rtu":
+            continue
+        first = buses.setdefault(m.endpoint.device, m.endpoint)
+        if first != m.endpoint:
+            raise ConfigError(f"{where}: meter {m.name} names {m.endpoint} but another meter on the same bus names "
+                              f"{first}; every meter on {m.endpoint.device} must use the same line settings")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -75,10 +75,12 @@ def _sf_for(peak: int) -> int:
 
 
 class SimulatedMeter:
+    """One meter at unit ``unit_id`` of ``port``: a TCP port number, or a serial device path."""
+
     def __init__(
         self,
         *,
-        port: int,
+        port: int | str,
         unit_id: int,
         map_kind: str | CustomMap,
         profile: Profile,
@@ -117,7 +119,8 @@ class SimulatedMeter:
 
     @property
     def name(self) -> str:
-        return f"{self.port}/{self.unit_id}"
+        """``port/unit`` on Modbus TCP, ``device:unit`` on a serial bus."""
+        return f"{self.port}/{self.unit_id}" if isinstance(self.port, int) else f"{self.port}:{self.unit_id}"
 
     # ------------------------------------------------------------ physics
 
@@ -168,7 +171,7 @@ class SimulatedMeter:
             return 0, image
         if self.map_kind == "sunspec":
             common = [1, COMMON_MODEL_LENGTH] + _text("gridledger", 16) + _text("sim-203", 16) + [0] * 8 \
-                + _text("1.0", 8) + _text(f"SIM{self.port}-{self.unit_id}", 16) + [self.unit_id, 0]
+                + _text("1.0", 8) + _text(f"SIM{str(self.port).rsplit('/', 1)[-1]}-{self.unit_id}", 16) + [self.unit_id, 0]
             image = list(MARKER) + common
             for model_id, length in self.extra_models:
                 image += [model_id, length] + [0] * length
