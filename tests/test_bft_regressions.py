@@ -3,6 +3,7 @@ test (seed numbers are of simulator v2/v3 and name the run that found it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -151,3 +152,29 @@ def test_bft_state_install_takes_the_validator_sets_recorded_in_the_state():
     assert lagging.committed == cert.height and lagging.low == cert.height
     assert lagging.schedule.set_after(cert.height + 4) == later
     assert lagging.hi == cert.height + 4, "the window stops where the set changes"
+
+
+def test_bft_state_install_restating_the_current_set_does_not_narrow_the_window():
+    """Seed 14567 (v4): the driver's StateInstalled restated the set in force at the
+    checkpoint; recorded as a 'change', it cut the replica's window short of its peers',
+    so it refused their view-changes (prepared certificates 'outside the window') and the
+    view change never completed."""
+    c = Cluster(k=4)
+    c.config = dataclasses.replace(c.config, window=16)
+    net = MiniNet(c, up=[0, 1, 2])
+    for serial in range(1, 10):
+        net.propose(make_batch(serial, b"x"), to=0)
+    net.run(5)
+    cert = net.replicas[0].stable
+    lagging = c.replica(3)
+    started(lagging)
+    lagging.step(Receive(c.node(0), encode(CatchUp(cert, ()))))
+    lagging.step(StateInstalled(cert, ((cert.height, c.genesis),)))
+    peer = net.replicas[0]
+    assert lagging.low == peer.low == cert.height
+    assert lagging.hi == peer.hi == cert.height + 16
+    assert lagging.schedule.window_digest(cert.height, 16) == peer.schedule.window_digest(cert.height, 16)
+    # The windows of replicas with older checkpoints, against which view-changes are
+    # checked, must be the same for everyone too.
+    older = cert.height - 4
+    assert lagging.schedule.window_end(older, 16) == peer.schedule.window_end(older, 16) == older + 16

@@ -68,8 +68,11 @@ class ValidatorSchedule:
     def window_end(self, low: int, span: int) -> int:
         """The last height a replica with stable checkpoint ``low`` may order: ``low + span``,
         or earlier where the set changes."""
-        for after, _ in self._entries:
-            if low < after < low + span:
+        current = self.set_after(low)
+        for after, validators in self._entries:
+            if after >= low + span:
+                break
+            if after > low and validators != current:
                 return after
         return low + span
 
@@ -79,7 +82,13 @@ class ValidatorSchedule:
         return tagged_hash(b"gridledger/bft-window", codec.encode([low, end, self.set_after(low).hash]))
 
     def add(self, after: int, validators: ValidatorSet) -> bool:
-        """Record that ``validators`` takes effect after height ``after``; True if new."""
+        """Record that ``validators`` takes effect after height ``after``; True if new.
+
+        A set equal to the one already in force there is no change and is not recorded
+        (every replica must draw its window boundaries at the same heights).
+        """
+        if validators == self.set_after(after) and all(at != after for at, _ in self._entries):
+            return False
         for i, (at, current) in enumerate(self._entries):
             if at == after:
                 if current == validators:
