@@ -178,3 +178,38 @@ def test_bft_state_install_restating_the_current_set_does_not_narrow_the_window(
     # checked, must be the same for everyone too.
     older = cert.height - 4
     assert lagging.schedule.window_end(older, 16) == peer.schedule.window_end(older, 16) == older + 16
+
+
+class _HeightBoundApp(SimApplication):
+    """Batches in ``stale`` are no longer valid at any height, like a node's block once
+    the ledger has moved past the height it was built for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stale: set[bytes] = set()
+
+    def validate(self, height: int, batch: bytes) -> bool:
+        return batch not in self.stale and super().validate(height, batch)
+
+
+def test_bft_own_pending_batch_that_became_invalid_is_dropped_not_resent_forever():
+    """node-bugs #3: a validator's own batch (a block built for one height) that was never
+    ordered was re-announced at every resend period, forever, and refused every time."""
+    from consensus.types import Propose
+    from consensus.bft.messages import Request
+
+    c = Cluster()
+    app = _HeightBoundApp()
+    backup = BftReplica(c.config, c.ids[1].signer, c.ring, app)
+    started(backup)
+    batch = make_batch(1, b"nudge")
+    backup.step(Propose(batch))
+    digest = app.digest(batch)
+    assert digest in backup.pending
+    sent = sends(backup.step(Tick(backup.resend_at)))
+    assert any(isinstance(m, Request) and m.batch == batch for m in sent), "still valid: offered again"
+    app.stale.add(batch)
+    sent = sends(backup.step(Tick(backup.resend_at)))
+    assert not any(isinstance(m, Request) and m.batch == batch for m in sent)
+    assert digest not in backup.pending
+    assert backup.stats["dropped: own pending batch became invalid"] == 1

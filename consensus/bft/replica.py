@@ -440,10 +440,17 @@ class BftReplica(NormalCaseMixin, ViewChangeMixin, CatchUpMixin, RestartMixin):
                 if own is not None:
                     out.broadcast(CommitVote(self.view, seq, own[0], own[1]))
             sent = 0
-            for p in self.pending.values():
+            for digest, p in list(self.pending.items()):
                 if sent >= 8:
                     break
                 if p.origin == self.me and self.now - p.since >= self.resend_every:
+                    if not self.app.validate(self.committed + 1, p.batch):
+                        # The application's batches may be valid at one height only (a
+                        # node's block names its height and parent): once the ledger has
+                        # moved past it, it can never be ordered, so stop offering it.
+                        del self.pending[digest]
+                        self._drop("own pending batch became invalid")
+                        continue
                     if not p.announced:
                         p.announced = True
                         out.broadcast(Request(p.batch))
