@@ -22,6 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	@GRIDLEDGER_REQUIRE_FAST_BLS=1 $(PY) -m pytest
 
+# Long runs outside the test budget: simulator sweeps and the 50-cycle SIGKILL soak.
+soak: $(STAMP)
+	@$(PY) -m consensus.sim --protocol bft --seeds 20000 --jobs 2
+	@$(PY) -m consensus.sim --protocol raft --seeds 20000 --jobs 2
+	@$(PY) -m shards.sim --seeds 1000
+	@$(PY) tests/soak_crash.py --cycles 50
+
 lint: $(STAMP)
 	@$(PY) -m pip install --quiet ruff
 	@$(PY) -m ruff check .
