@@ -213,3 +213,32 @@ def test_bft_own_pending_batch_that_became_invalid_is_dropped_not_resent_forever
     assert not any(isinstance(m, Request) and m.batch == batch for m in sent)
     assert digest not in backup.pending
     assert backup.stats["dropped: own pending batch became invalid"] == 1
+
+
+def test_bft_backup_forgets_a_waiting_batch_that_a_commit_made_invalid_instead_of_timing_the_leader_out():
+    """A validator's nudge (a block built for height h) reaches every backup; the leader
+    commits another block at h. The nudge can never be ordered: kept waiting, its fairness
+    timer expired and the backups changed view against an honest leader."""
+    from consensus.types import Executed, Propose
+
+    c = Cluster()
+    apps = {i: _HeightBoundApp() for i in range(4)}
+    net = MiniNet(c)
+    for i in range(4):
+        net.replicas[i] = BftReplica(c.config, c.ids[i].signer, c.ring, apps[i])
+        net.records[i] = {}
+        net.step(i, Restart({}, 0))
+    nudge = make_batch(7, b"nudge for height 1")
+    apps[0].stale.add(nudge)  # the leader has its own block for height 1 under way
+    net.step(1, Propose(nudge))  # validator 1 offers it to the leader, then to everyone
+    net.run(int(net.replicas[1].resend_every) + 1)
+    digest = apps[2].digest(nudge)
+    assert all(digest in net.replicas[i].pending for i in (1, 2, 3)), "backups hold the offered batch"
+    for app in apps.values():
+        app.stale.add(nudge)  # once height 1 is filled, the nudge is valid nowhere
+    net.step(0, Propose(make_batch(1, b"the leader's block")))
+    net.run(5)
+    assert all(r.committed >= 1 for r in net.replicas.values())
+    assert all(digest not in r.pending for r in net.replicas.values())
+    net.run(6 * c.config.timeout_ticks)
+    assert all(r.view == 0 for r in net.replicas.values()), "no view change against the honest leader"

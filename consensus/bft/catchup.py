@@ -37,6 +37,8 @@ class CatchUpMixin:
         decided = self.decided.get(height)
         if decided is not None and decided[1].digest != event.digest:
             raise ConsensusError(f"the driver executed digest {event.digest.hex()[:16]} at {height}, not the committed batch")
+        if height == self.committed:
+            self._drop_stale_pending()
         if height % self.k or height in self.my_checkpoint_votes:
             return
         validators = self.schedule.set_for(height)

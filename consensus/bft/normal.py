@@ -79,6 +79,19 @@ class NormalCaseMixin:
             return
         self.pending[digest] = Pending(msg.batch, self.now, sender, ahead=len(self.pending))
 
+    def _drop_stale_pending(self) -> None:
+        """Forget waiting batches the application no longer accepts at the next height.
+
+        Called once the application has executed everything committed, so its answer is
+        about the next height. A node's block is valid at one height only: a block built
+        for a height another block filled can never be ordered, and kept here it would
+        run its fairness timer out and blame an honest leader with a view change.
+        """
+        for digest, pending in list(self.pending.items()):
+            if not self.app.validate(self.committed + 1, pending.batch):
+                del self.pending[digest]
+                self._drop("pending batch became invalid")
+
     def _propose_pending(self) -> None:
         """As the leader, assign waiting batches to the free sequence numbers of the window."""
         if not self.active or self.fetching is not None or self.leader() != self.me:

@@ -6,6 +6,9 @@ consensus (:class:`consensus.types.Application`):
 * ``digest(batch)`` is SHA-256 of the batch;
 * ``validate`` refuses batches marked invalid (a Byzantine client's junk), so an honest
   replica that commits one is caught;
+* a *height-bound* batch is valid at one height only, like a node's block, which names
+  its height and parent: offered when another batch fills that height, it can never be
+  ordered, and replicas must let it go rather than wait for it;
 * a *reconfiguration* batch names the complete validator set that takes effect after
   its height; ``validator_set_change`` decodes it. Carrying the whole set keeps the
   answer independent of what the replica has executed so far;
@@ -14,7 +17,8 @@ consensus (:class:`consensus.types.Application`):
   kept so a lagging replica can be served the state at a certified checkpoint.
 
 Batches are canonical arrays: ``["sim/batch", serial, filler]``,
-``["sim/invalid", serial, filler]`` or ``["sim/reconfig", serial, validator set]``.
+``["sim/invalid", serial, filler]``, ``["sim/at", serial, height]`` or
+``["sim/reconfig", serial, validator set]``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ from functools import lru_cache
 from ledger import codec
 from ledger.validators import ValidatorSet, ValidatorSetError
 
-__all__ = ["SimApplication", "batch_kind", "make_batch", "make_invalid_batch", "make_reconfig", "reconfig_set"]
+__all__ = [
+    "SimApplication",
+    "batch_kind",
+    "bound_height",
+    "make_batch",
+    "make_bound_batch",
+    "make_invalid_batch",
+    "make_reconfig",
+    "reconfig_set",
+]
 
 GENESIS_ROOT = hashlib.sha256(b"gridledger/sim/genesis-state").digest()
 
@@ -38,12 +51,16 @@ def make_invalid_batch(serial: int, filler: bytes) -> bytes:
     return codec.encode(["sim/invalid", serial, filler])
 
 
+def make_bound_batch(serial: int, height: int) -> bytes:
+    return codec.encode(["sim/at", serial, height])
+
+
 def make_reconfig(serial: int, validators: ValidatorSet) -> bytes:
     return codec.encode(["sim/reconfig", serial, validators.to_fields()])
 
 
 @lru_cache(maxsize=4096)
-def _parse(batch: bytes) -> tuple[str, ValidatorSet | None]:
+def _parse(batch: bytes) -> tuple[str, ValidatorSet | int | None]:
     try:
         value = codec.decode(batch)
     except codec.CodecError:
@@ -55,6 +72,8 @@ def _parse(batch: bytes) -> tuple[str, ValidatorSet | None]:
         return "batch", None
     if tag == "sim/invalid":
         return "invalid", None
+    if tag == "sim/at" and type(value[2]) is int and value[2] >= 1:
+        return "bound", value[2]
     if tag == "sim/reconfig":
         try:
             return "reconfig", ValidatorSet.from_fields(value[2])
@@ -64,12 +83,19 @@ def _parse(batch: bytes) -> tuple[str, ValidatorSet | None]:
 
 
 def batch_kind(batch: bytes) -> str:
-    """``"batch"``, ``"reconfig"``, ``"invalid"`` or ``"garbage"``."""
+    """``"batch"``, ``"bound"``, ``"reconfig"``, ``"invalid"`` or ``"garbage"``."""
     return _parse(batch)[0]
 
 
 def reconfig_set(batch: bytes) -> ValidatorSet | None:
-    return _parse(batch)[1]
+    kind, extra = _parse(batch)
+    return extra if kind == "reconfig" else None
+
+
+def bound_height(batch: bytes) -> int | None:
+    """The one height a height-bound batch is valid at (None for other batches)."""
+    kind, extra = _parse(batch)
+    return extra if kind == "bound" else None
 
 
 class SimApplication:
@@ -89,7 +115,10 @@ class SimApplication:
 
     def validate(self, height: int, batch: bytes) -> bool:
         # b"" is the null batch BFT commits to fill a view-change gap: valid and empty.
-        return batch == b"" or batch_kind(batch) in ("batch", "reconfig")
+        if batch == b"":
+            return True
+        kind, extra = _parse(batch)
+        return kind in ("batch", "reconfig") or (kind == "bound" and extra == height)
 
     def validator_set_change(self, height: int, batch: bytes) -> ValidatorSet | None:
         return reconfig_set(batch)

@@ -67,6 +67,9 @@ class FaultPlan:
     max_batch_entries: int
     byzantine: dict[int, str] = field(default_factory=dict)  # initial node index -> behaviour
     stay_down: int = 0  # at most this many replicas stay down after the heal (capped by tolerance)
+    # Proposals bound to one height (a node's block, built on the proposer's head): they
+    # go stale whenever another batch fills that height first.
+    bound_permille: int = 0
     events: list[FaultEvent] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -77,6 +80,8 @@ class FaultPlan:
                  f"loss={self.loss_permille}‰", f"dup={self.duplicate_permille}‰"]
         if self.stale_ticks:
             parts.append(f"stale≤{self.stale_ticks}")
+        if self.bound_permille:
+            parts.append(f"bound={self.bound_permille}‰")
         if self.byzantine:
             parts.append("byzantine=" + ",".join(f"n{i}:{b}" for i, b in sorted(self.byzantine.items())))
         parts += [f"{k}×{v}" for k, v in kinds.items()]
@@ -166,5 +171,6 @@ def make_plan(rng: random.Random, *, protocol: str, byzantine_behaviours: tuple[
             )))
     if mix != "clean":
         plan.stay_down = rng.choice((0, 0, 1, 2))
+    plan.bound_permille = rng.choice((0, 0, 100, 300))
     plan.events.sort(key=lambda e: e.at)
     return plan

@@ -19,11 +19,12 @@ the liveness bound. ``ticks_to_commit_after_heal`` is the first of the two.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from consensus.sim.app import make_invalid_batch, make_reconfig, reconfig_set
+from consensus.sim.app import make_bound_batch, make_invalid_batch, make_reconfig, reconfig_set
 from consensus.sim.cluster import CHAIN_ID, TIMEOUT_TICKS, Cluster, SimNode
 from consensus.sim.faults import FaultEvent, FaultPlan, make_plan
 from consensus.sim.spec import ProtocolSpec
@@ -33,7 +34,7 @@ __all__ = ["CHAIN_ID", "SIM_VERSION", "RunResult", "SimNode", "Simulation"]
 
 # Bumped whenever the expansion of a seed changes (fault plans, client model, network
 # model): a seed names a scenario only together with this version.
-SIM_VERSION = 4
+SIM_VERSION = 5  # v5: height-bound batches in the load
 # Default liveness bound after the heal, in ticks: generous against election timeouts
 # (Raft draws in [T, 2T)) and doubled view-change timeouts (BFT), yet finite.
 DEFAULT_LIVENESS_FACTOR = 30
@@ -79,6 +80,7 @@ class Simulation(Cluster):
                               else DEFAULT_LIVENESS_FACTOR * timeout)
         self.liveness_bound = liveness_bound
         self._pending_reconfig: bytes | None = None
+        self.bound_offered: set[bytes] = set()  # digests of the height-bound batches offered
         self._reconfig_followups: list[Callable[[], None]] = []
         self.healed_at: int | None = None
         self.probe: bytes | None = None
@@ -99,6 +101,18 @@ class Simulation(Cluster):
         self._serial += 1
         self._offer(make_invalid_batch(self._serial, self.rng.randbytes(16)))
 
+    def _propose_bound(self) -> None:
+        """A batch built on one replica's head, valid at the next height only, offered to
+        that replica alone and never re-offered (like a node's block or nudge)."""
+        live = sorted(node.name for node in self.nodes.values() if node.up)
+        if not live:
+            return
+        node = self.nodes[self.rng.choice(live)]
+        self._serial += 1
+        batch = make_bound_batch(self._serial, node.app.height + 1)
+        self.bound_offered.add(hashlib.sha256(batch).digest())
+        self._offer(batch, to=[node.name])
+
     def _reoffer(self) -> None:
         for batch in list(self.pending.values())[:REOFFER_MAX]:
             self._offer(batch)
@@ -110,6 +124,8 @@ class Simulation(Cluster):
             return
         if self.plan.invalid_permille and self.rng.randrange(1000) < self.plan.invalid_permille:
             self._propose_invalid()
+        elif self.plan.bound_permille and self.rng.randrange(1000) < self.plan.bound_permille:
+            self._propose_bound()
         else:
             self.propose()
         self._schedule(self.now + self.rng.randint(1, 2 * self.plan.load_every), "ctl", self._load)
