@@ -4,6 +4,7 @@ One LMDB environment per shard a node serves, with named databases:
 
 ==============  ==============================================================
 ``meta``        chain id, genesis hash, storage format, height, state root,
+                base height (of the last installed state snapshot, if any),
                 and the application's own metadata (``app/<name>``)
 ``blocks``      height -> encoded block
 ``hashes``      height -> block hash
@@ -284,6 +285,20 @@ class Store:
         with self._env.begin(db=self._db["checkpoints"]) as txn:
             return [int.from_bytes(k, "big") for k in txn.cursor().iternext(values=False)]
 
+    @property
+    def base_height(self) -> int | None:
+        """The height of the last state snapshot installed here (None: the store replayed every block).
+
+        A store started from a snapshot holds no blocks between genesis and this height
+        (nor their transaction index): readers must say so rather than "not found".
+        """
+        with self._env.begin() as txn:
+            return self._height_of(self._meta_get(txn, b"base_height"))
+
+    def holds_block(self, height: int) -> bool:
+        """True if the block at ``height`` is in this store (False below a snapshot's base, or above the head)."""
+        return self.block(height) is not None
+
     def tx_location(self, tx_id: bytes) -> tuple[int, int, bytes] | None:
         """(height, position in block, encoded receipt) of a committed transaction."""
         with self._env.begin(db=self._db["txindex"]) as txn:
@@ -470,8 +485,17 @@ class Store:
     ) -> None:
         """Replace the state by ``items`` at ``height``, if and only if their root is ``expected_root``.
 
-        One write transaction: on a root mismatch (or any error) nothing changes.
+        One write transaction: on a root mismatch (or any error) nothing changes. A
+        snapshot never moves the store back: ``height`` must be above the committed
+        height. The store then records ``height`` as its :attr:`base_height`: blocks
+        between the previous head and it are not held here.
         """
+        current = self.height
+        if current is not None and height <= current:
+            raise StoreError(
+                f"snapshot height {height} is not above the committed height {current}; "
+                "a snapshot never moves the store back"
+            )
         writes: dict[bytes, bytes] = {}
         for key, value in items:
             if key in writes:
@@ -496,13 +520,14 @@ class Store:
                 txn.put(b"app/" + name.encode(), value, db=self._meta)
             txn.put(b"height", hk, db=self._meta)
             txn.put(b"state_root", root, db=self._meta)
+            txn.put(b"base_height", hk, db=self._meta)
         self._state.reset_cache(root)
 
 
 class StateReader:
     """See :meth:`Store.reader`."""
 
-    __slots__ = ("_state", "_txn", "_root", "_layers")
+    __slots__ = ("_store", "_state", "_txn", "_root", "_layers")
 
     def __init__(self, store: Store, at: PreparedState | None) -> None:
         if at is not None and at._store is not store:
@@ -511,6 +536,7 @@ class StateReader:
         self._layers = [w for w in (node.writes for node in pending) if w is not None]
         # The snapshot begins after the pending states are listed (as in prepare_state).
         self._txn = store._env.begin(buffers=True)
+        self._store = store
         self._state = store._state
         self._root = bytes(store._root(self._txn))
         if pending:
@@ -524,6 +550,42 @@ class StateReader:
             if key in writes:
                 return writes[key]
         return self._state.get(self._txn, self._root, key)
+
+    # The snapshot's own view of the chain: the committed height, root and block
+    # records as of the moment the reader began (prepared layers are not included).
+
+    @property
+    def height(self) -> int | None:
+        """The committed height this reader's snapshot sees (None before the first block)."""
+        return Store._height_of(self._txn.get(b"height", db=self._store._meta))
+
+    @property
+    def state_root(self) -> bytes:
+        """The committed state root this reader's snapshot sees."""
+        return self._root
+
+    def _by_height(self, db: str, height: int) -> bytes | None:
+        raw = self._txn.get(_height_key(height), db=self._store._db[db])
+        return None if raw is None else bytes(raw)
+
+    def block(self, height: int) -> bytes | None:
+        return self._by_height("blocks", height)
+
+    def certificate(self, height: int) -> bytes | None:
+        return self._by_height("certs", height)
+
+    def checkpoint(self, height: int) -> bytes | None:
+        return self._by_height("checkpoints", height)
+
+    def iter_state(self, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """The committed state of this snapshot in tree order, from tree position ``start`` (see :meth:`Store.iter_state`).
+
+        Prepared layers are not included: this serves state sync, which transfers a
+        committed, certified state. Keys and values are copied out of the map (they stay
+        valid after the reader closes).
+        """
+        for key, value in self._state.iterate(self._txn, self._root, start):
+            yield bytes(key), bytes(value)
 
     def close(self) -> None:
         self._txn.abort()

@@ -45,6 +45,24 @@ class BlockSource:
         for client in self.clients:
             await client.close()
 
+    async def probe(self) -> int:
+        """Ask the sources for their latest height (rotating past unreachable ones); the best known.
+
+        Unverified: it only tells how far behind this node is (to choose between state
+        sync and block replay); every block applied is still verified.
+        """
+        for _ in range(len(self.clients)):
+            client = self.client
+            try:
+                latest = await client.block("latest")
+            except ApiError as exc:
+                self.log.warning("node unreachable for catch-up", url=client.base_url, error=str(exc))
+                self.rotate()
+                continue
+            self.remote_height = max(self.remote_height, latest.height)
+            break
+        return self.remote_height
+
     async def apply_next(self) -> bool:
         """Fetch, verify and apply the block after the local head; False if none is available yet.
 

@@ -13,6 +13,10 @@ canonical block and its commit certificate from one of the validators' public AP
 
 A validator that serves a forged block or certificate is skipped and logged; the
 observer moves on to another. Submitted transactions are forwarded to a validator.
+
+An observer more than the node's ``sync_threshold`` blocks behind (a new observer with
+an empty store, one back after a long outage) first installs a certified state
+snapshot (:mod:`node.sync`), then follows block by block from there.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from node.mempool import TxRejected
 __all__ = ["Follower"]
 
 PROGRESS_EVERY_S = 5.0
+# While behind, how often to check whether the gap grew past the sync threshold.
+SYNC_CHECK_EVERY_S = 10.0
 
 
 class Follower:
@@ -56,6 +62,27 @@ class Follower:
             "catching_up": not self.caught_up(),
             "refused_blocks": self.source.refused,
         }
+
+    async def maybe_sync(self) -> bool:
+        """Install a state snapshot if the sources are more than the threshold ahead; True if one was.
+
+        A failed sync is logged and leaves block replay to do the work.
+        """
+        from node.sync import SyncError
+
+        threshold = self.node.sync_threshold
+        if not threshold:
+            return False
+        remote = await self.source.probe()
+        if remote - self.chain.height <= threshold:
+            return False
+        self.log.info("far behind the validators: syncing a state snapshot", height=self.chain.height, remote=remote)
+        try:
+            await self.node.sync_state(self.chain.height + 1)
+        except SyncError as exc:
+            self.log.warning("state sync failed; replaying blocks instead", reason=str(exc))
+            return False
+        return True
 
     def forwarded(self, tx_id: bytes) -> bool:
         return tx_id in self._forwarded and self.node.store.tx_location(tx_id) is None
@@ -94,7 +121,9 @@ class Follower:
 
     async def run(self) -> None:
         last_progress = 0.0
+        last_sync_check = time.monotonic()
         try:
+            await self.maybe_sync()
             while True:
                 try:
                     applied = await self.source.apply_next()
@@ -105,6 +134,9 @@ class Follower:
                 if now - last_progress > PROGRESS_EVERY_S and not self.caught_up():
                     self.log.info("observer catching up", height=self.chain.height, remote=self.remote_height)
                     last_progress = now
+                if not self.caught_up() and now - last_sync_check > SYNC_CHECK_EVERY_S:
+                    last_sync_check = now
+                    await self.maybe_sync()
                 if not applied:
                     await asyncio.sleep(self.poll_s)
         finally:

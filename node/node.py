@@ -31,7 +31,7 @@ from consensus.types import Commit, ConsensusConfig, FetchState, Propose
 from contracts.executor import Executor, nonce_key
 from contracts.system.admission import market_admission
 from ledger import codec
-from ledger.block import NULL_DIGEST
+from ledger.block import NULL_DIGEST, Block, BlockError
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 from ledger.keystore import load_key
@@ -58,6 +58,14 @@ GOSSIP_MAX_BATCH = 500
 # measured in block time) without filling the chain when nothing happens.
 EMPTY_BLOCK_INTERVAL_S = 1.0
 RECENT_REJECTIONS = 10_000
+# State sync (node/sync.py): a node more than this many blocks behind its sources installs
+# a certified state snapshot instead of replaying the blocks (0: always replay). Replay
+# re-executes every transaction; a snapshot costs the state's size once (bench/sync.py).
+# A store started from a snapshot holds no blocks below it: an observer that must serve
+# the full history sets 0. Until node/config.py has ``follow.sync_threshold`` the
+# environment variable below (the name that field will take) sets it.
+DEFAULT_SYNC_THRESHOLD = 1000
+SYNC_THRESHOLD_ENV = "GRIDLEDGER_FOLLOW_SYNC_THRESHOLD"
 
 
 class NodeError(RuntimeError):
@@ -65,8 +73,9 @@ class NodeError(RuntimeError):
 
 
 class Node:
-    def __init__(self, config: NodeConfig, *, password: str | None = None) -> None:
+    def __init__(self, config: NodeConfig, *, password: str | None = None, sync_threshold: int | None = None) -> None:
         self.config = config
+        self.sync_threshold = _sync_threshold(config, sync_threshold)
         configure(config.log.mode, config.log.level)
         self.genesis = Genesis.load(config.genesis)
         self.chain_id = self.genesis.chain_id
@@ -113,6 +122,12 @@ class Node:
         self.driver: ConsensusDriver | None = None
         self.mesh = None
         self.api = ApiServer(self, max_request_bytes=config.api.max_request_bytes, logger=self.log)
+        # Every node serves state snapshots to nodes that are far behind (node/api_sync.py).
+        from node import api_sync
+
+        self.snapshots = api_sync.register(self.api.app, self)
+        self.syncing = False
+        self.last_sync = None  # node.sync.SyncResult of the last snapshot installed
         self.node_metrics.height.set(self.chain.height)
         self.node_metrics.mempool_size.set_function(lambda: len(self.mempool))
         if self.role == "validator":
@@ -278,7 +293,13 @@ class Node:
             self.node_metrics.peers.set(len(self.mesh.connected()))
 
     def _consensus_commit(self, c: Commit) -> tuple[int, bytes, bytes] | None:
+        if self.syncing:
+            # A snapshot is being installed; it lands at or above the height the replica
+            # asked for, and the replica resumes from there (StateInstalled).
+            return None
         height = self.chain.height
+        if c.height <= height and not self.store.holds_block(c.height):
+            return self._committed_below_snapshot(c)
         if c.height <= height:
             stored = self.store.block_hash(c.height)
             if c.digest != NULL_DIGEST and stored != c.digest:
@@ -292,6 +313,24 @@ class Node:
         executed = self.chain.commit(c.height, c.batch, c.certificate)
         self.node_metrics.apply_seconds.observe(time.perf_counter() - started)
         return c.height, c.digest, executed.prepared.root
+
+    def _committed_below_snapshot(self, c: Commit) -> tuple[int, bytes, bytes] | None:
+        """Consensus commits a height that the installed snapshot skipped.
+
+        The store's state is past it (certified), so nothing is applied. The replica
+        learns the root from the certified block's own header (consensus checked the
+        batch against its commit certificate), for its checkpoint vote; a null batch in
+        the skipped range gets no ``Executed`` (no vote: the parent's root is not held).
+        """
+        if not c.batch:
+            return None
+        try:
+            block = Block.decode(c.batch)
+        except BlockError:
+            block = None
+        if block is None or block.hash != c.digest or block.header.height != c.height:
+            raise ChainError(f"consensus committed at height {c.height} a batch that is not the certified block")
+        return c.height, c.digest, block.header.state_root
 
     def _fetch_state(self, action: FetchState) -> None:
         """The replica fell behind its peers' window: replay certified blocks up to the checkpoint.
@@ -308,9 +347,15 @@ class Node:
     async def _catch_up(self, checkpoint) -> None:
         from consensus.types import StateInstalled
         from node.catchup import BlockSource, CatchUpError
+        from node.sync import SyncError
 
         self.catching_up = True
         self.log.info("catching up from other validators", height=self.chain.height, target=checkpoint.height)
+        if self.sync_threshold and checkpoint.height - self.chain.height > self.sync_threshold:
+            try:
+                await self.sync_state(checkpoint.height)
+            except SyncError as exc:
+                self.log.warning("state sync failed; replaying blocks instead", reason=str(exc))
         try:
             source = BlockSource(self.config.follow.urls, self.chain, self.log)
         except CatchUpError as exc:
@@ -326,15 +371,47 @@ class Node:
                     return
                 if not applied:
                     await asyncio.sleep(0.2)
-            if (self.store.block_hash(checkpoint.height) != checkpoint.block_hash
-                    or self.chain.header(checkpoint.height).state_root != checkpoint.state_root):
+            held = self.store.block_hash(checkpoint.height)
+            # A snapshot installed above the checkpoint skipped its block: the state here
+            # is certified by the snapshot's own commit certificate instead.
+            if held is not None and (held != checkpoint.block_hash
+                                     or self.chain.header(checkpoint.height).state_root != checkpoint.state_root):
                 self._die(f"the checkpoint at height {checkpoint.height} does not match the certified blocks replayed here")
                 return
             self.log.info("caught up", height=self.chain.height)
-            self._step_guarded(lambda: self.driver.step(StateInstalled(checkpoint)))
+            # The chain does not change validators (Chain.validator_set_change): the set
+            # recorded in the installed state is the one this node runs with.
+            sets = ((checkpoint.height, self.chain.validators),)
+            self._step_guarded(lambda: self.driver.step(StateInstalled(checkpoint, sets)))
         finally:
             self.catching_up = False
             await source.close()
+
+    async def sync_state(self, min_height: int):
+        """Install a certified state snapshot at a height ``>= min_height`` from ``follow.urls``.
+
+        Returns the :class:`node.sync.SyncResult`; raises :class:`node.sync.SyncError`
+        with the store unchanged when no source provides one. Consensus commits are
+        ignored meanwhile (see :meth:`_consensus_commit`).
+        """
+        from node.sync import StateSync
+
+        before = self.chain.height
+        sync = StateSync(self.config.follow.urls, self.store, self.chain_id, self.chain.validators,
+                         protocol=self.protocol, log=self.log)
+        self.syncing = True
+        try:
+            result = await sync.sync(min_height)
+        finally:
+            self.syncing = False
+            await sync.close()
+        # Cached committed reads describe the state before the snapshot.
+        self.chain.reads.clear()
+        self.last_sync = result
+        self._last_block_at = time.monotonic()
+        self.node_metrics.height.set(self.chain.height)
+        self.log.info("continuing from a state snapshot", before=before, height=result.height)
+        return result
 
     def is_leader(self) -> bool:
         return self.driver is not None and bool(self.spec.is_leader(self.driver.replica))
@@ -516,8 +593,13 @@ class Node:
             "name": self.name,
             "height": self.chain.height,
             "mempool": len(self.mempool),
-            "catching_up": self.catching_up,
+            "catching_up": self.catching_up or self.syncing,
+            "base_height": self.store.base_height,
         }
+        if self.last_sync is not None:
+            r = self.last_sync
+            status["state_sync"] = {"height": r.height, "keys": r.keys, "pages": r.pages, "bytes": r.payload_bytes,
+                                    "ms": int(r.seconds * 1000), "sources": list(r.sources)}
         if self.driver is not None:
             replica = self.driver.replica
             leader = self.driver.replica.leader() if callable(getattr(replica, "leader", None)) else getattr(replica, "leader", None)
@@ -555,3 +637,21 @@ class Node:
     def shards(self) -> list[dict]:
         return [{"shard": self.chain_id, "height": self.chain.height, "certified_height": self.chain.height,
                  "protocol": self.protocol, "validators": self.validators.n}]
+
+
+def _sync_threshold(config: NodeConfig, given: int | None) -> int:
+    """The state sync threshold: the argument, ``follow.sync_threshold`` if the config has it, the environment, the default."""
+    if given is None:
+        given = getattr(config.follow, "sync_threshold", None)
+    if given is None:
+        text = os.environ.get(SYNC_THRESHOLD_ENV)
+        if text:
+            try:
+                given = int(text)
+            except ValueError:
+                raise ConfigError(f"{SYNC_THRESHOLD_ENV}={text!r} must be a number of blocks (0: never sync state)") from None
+    if given is None:
+        return DEFAULT_SYNC_THRESHOLD
+    if given < 0:
+        raise ConfigError(f"the state sync threshold is a number of blocks >= 0 (0: never sync state), not {given}")
+    return given
