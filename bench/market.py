@@ -5,7 +5,15 @@ real executor with the metered runtime, and every block is committed to the real
 store (a temporary directory; state tree, block, receipts index, one durable write per
 block). Transactions are signed beforehand and not verified again (a node verifies a
 signature when it admits a transaction to its mempool, before execution), and there is
-no consensus or network: a devnet version comes later.
+no consensus or network.
+
+``--devnet`` plays the same day on a local devnet of real node processes (``cli.devnet``:
+``--validators`` of ``--protocol``, LMDB with sync on, consensus, the node's admission
+checks and signature verification), every transaction submitted over the HTTP API and
+waited for until committed. Block time is the validators' clock there, so the
+elementary period is ``--period`` seconds (the day's 96 periods take 96 x period) and
+gate closure is one period ahead; the day's first period is placed after the time the
+trading phase needs at the rate the set-up phase measured.
 
 The day: ``--participants`` (producers 20 %, traders 10 %, consumers the rest; every
 producer and consumer with one meter) trade ``--tokens`` energy tokens emitted by the
@@ -42,8 +50,10 @@ from contracts.executor import BlockContext, Executor, apply_genesis
 from contracts.runtime import gas as G
 from contracts.runtime.engine import contract_address
 from contracts.system.genesis import CurrencySpec, genesis_contracts
+from ledger import codec
 from ledger.block import Block, BlockHeader, receipts_root, tx_root
 from ledger.crypto import PrivateKey
+from ledger.statekeys import state_key
 from ledger.store import Store
 from ledger.tx import Transaction
 
@@ -56,11 +66,17 @@ TX_GAS = G.MAX_TX_GAS
 BLOCK_TXS = 500
 
 
+def bench_keys(names: list[str]) -> dict[str, PrivateKey]:
+    return {n: PrivateKey(hashlib.sha256(b"gridledger/bench-market/" + n.encode()).digest()) for n in names}
+
+
 class BenchChain:
     """One shard: executor, LMDB store, block time, nonces."""
 
     def __init__(self, path: str, names: list[str], params: dict) -> None:
-        self.keys = {n: PrivateKey(hashlib.sha256(b"gridledger/bench-market/" + n.encode()).digest()) for n in names}
+        self.keys = bench_keys(names)
+        self.genesis_time = GENESIS_TIME
+        self.period_s = PERIOD_S
         self.store = Store.open(path, SHARD)
         self.executor = Executor()
         self.height = 0
@@ -116,6 +132,22 @@ class BenchChain:
     def view(self, contract: str, function: str, *args):
         return self.executor.query(self.store, BlockContext(SHARD, self.height + 1, self.time), contract, function, list(args))
 
+    def read(self, contract: str, name: str, *parts):
+        """A contract's stored value (None when absent: the declaration's default applies)."""
+        raw = self.store.get(state_key(contract, name, list(parts)))
+        return None if raw is None else codec.decode(raw, allow_maps=True)
+
+    def first_period(self, coming_txs: int) -> int:
+        """The day's first period: block time here is the bench's, so a fixed one."""
+        return FIRST
+
+    def reach(self, t: int) -> None:
+        """Let block time reach ``t`` (here: the next block's time)."""
+        self.time = max(self.time, t)
+
+    def close(self) -> None:
+        self.store.close()
+
     def until_done(self, contract: str, function: str, *args) -> int:
         """A bounded-step function of the grid operator, one transaction per block; returns the steps."""
         for steps in range(1, 1_000_000):
@@ -139,6 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reading-batch", type=int, default=4, help="periods per reading transaction")
     ap.add_argument("--step", type=int, default=200, help="max_work per reconciliation/fee/settlement transaction")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--devnet", action="store_true", help="play the day on a devnet of real node processes")
+    ap.add_argument("--protocol", choices=("bft", "raft"), default="bft", help="--devnet: consensus protocol")
+    ap.add_argument("--validators", type=int, default=4, help="--devnet: validators")
+    ap.add_argument("--period", type=int, default=4, help="--devnet: seconds per elementary period")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     n_prod = max(1, args.participants * 2 // 10)
@@ -149,16 +185,25 @@ def main(argv: list[str] | None = None) -> dict:
     consumers = [f"c{i}" for i in range(n_cons)]
     meters = {n: "m_" + n for n in producers + consumers}
     names = ["grid_operator", "bank", "co2_authority", *producers, *traders, *consumers, *meters.values()]
-    params = {"period_s": PERIOD_S, "gate_closure_lead_s": 3600, "postpone_s": 3600, "rating_threshold": 0}
     tmp = tempfile.mkdtemp(prefix="bench-market-")
     figures: dict = {}
     begin = time.perf_counter()
+    chain = None
     try:
-        chain = BenchChain(tmp, names, params)
+        if args.devnet:
+            from bench.market_devnet import DevnetChain
+
+            params = {"period_s": args.period, "gate_closure_lead_s": args.period, "postpone_s": 3600, "rating_threshold": 0}
+            chain = DevnetChain(tmp, names, params, protocol=args.protocol, validators=args.validators, note=lambda w: note(begin, w))
+            figures.update(mode="devnet", protocol=args.protocol, validators=args.validators, period_s=args.period)
+        else:
+            params = {"period_s": PERIOD_S, "gate_closure_lead_s": 3600, "postpone_s": 3600, "rating_threshold": 0}
+            chain = BenchChain(tmp, names, params)
+            figures.update(mode="in-process")
         a = chain.addr
         settlement_account = contract_address("settlement")
         categories = ("solar", "wind", "hydro", "biomass")
-        cap_w = 4_000_000  # 1,000 kWh per period: room for any schedule of the day
+        cap_w = 1_000_000 * 3600 // chain.period_s  # 1,000 kWh per period: room for any schedule of the day
         # ---- admission, meters, money
         chain.run([chain.tx("grid_operator", "membership", "admit", a(n), [role], hashlib.sha256(n.encode()).digest(), None, 80)
                    for role, group in (("producer", producers), ("trader", traders), ("consumer", consumers)) for n in group])
@@ -172,12 +217,14 @@ def main(argv: list[str] | None = None) -> dict:
         chain.run([chain.tx(n, "fiat", "approve", "CHF", settlement_account, 10**12) for n in ["grid_operator", *producers, *traders, *consumers]])
         note(begin, f"{len(names)} accounts admitted, metered and funded")
         # ---- emission and trading (before the gate closure of the first period)
+        # every token's sides are offered and bought before the gate closure of its first period
+        first_p = chain.first_period(args.tokens * 3 + len(consumers) // 100)
         plan = []
         schedule: dict = defaultdict(int)  # (meter, period) -> scheduled Wh
         for i in range(args.tokens):
             who = producers[i % n_prod]
-            first = FIRST + rng.randrange(PERIODS)
-            last = min(FIRST + PERIODS - 1, first + rng.randrange(4))
+            first = first_p + rng.randrange(PERIODS)
+            last = min(first_p + PERIODS - 1, first + rng.randrange(4))
             wh = rng.randrange(1, 50) * 100
             plan.append((who, first, last, wh, categories[producers.index(who) % 4], rng.randrange(5, 30)))
         emits = [chain.tx(who, "energy_tokens", "emit", first, last, wh, cat, 20, face, "CHF", 0, a(meters[who]), None, None, None, None)
@@ -205,16 +252,15 @@ def main(argv: list[str] | None = None) -> dict:
         figures["trades"] = len(buys)
         note(begin, f"{len(buys)} trades in {trade_s:.1f} s")
         # the short consumers spend what they hold before settlement
-        view = chain.view
-        chain.run([chain.tx(n, "fiat", "transfer", "CHF", a(traders[0]), view("fiat", "balance_of", "CHF", a(n)) * 9 // 10)
+        chain.run([chain.tx(n, "fiat", "transfer", "CHF", a(traders[0]), (chain.read("fiat", "balance", "CHF", a(n)) or 0) * 9 // 10)
                    for n in sorted(short)])
         # ---- delivery: readings in batches, each period reconciled and published
         readings = 0
         reading_s = reconcile_s = fees_s = 0.0
         batch = max(1, args.reading_batch)
-        for start in range(FIRST, FIRST + PERIODS, batch):
-            periods = list(range(start, min(start + batch, FIRST + PERIODS)))
-            chain.time = GENESIS_TIME + (periods[-1] + 1) * PERIOD_S
+        for start in range(first_p, first_p + PERIODS, batch):
+            periods = list(range(start, min(start + batch, first_p + PERIODS)))
+            chain.reach(chain.genesis_time + (periods[-1] + 1) * chain.period_s)
             txs = []
             for m in meters.values():
                 values = []
@@ -232,12 +278,14 @@ def main(argv: list[str] | None = None) -> dict:
                 t0 = time.perf_counter()
                 chain.until_done("reconciliation", "reconcile_period", p, args.step)
                 t1 = time.perf_counter()
-                chain.until_done("grid_fees", "publish_transmission_cost", p, rng.randrange(50_000, 150_000), args.step)
+                cost = rng.randrange(50_000, 150_000)
+                if any(schedule.get((meters[c], p)) for c in consumers):  # no delivery, nothing to allocate
+                    chain.until_done("grid_fees", "publish_transmission_cost", p, cost, args.step)
                 reconcile_s += t1 - t0
                 fees_s += time.perf_counter() - t1
             note(begin, f"periods up to {periods[-1]}: {readings} readings ({reading_s:.1f} s), reconciliation {reconcile_s:.1f} s, fees {fees_s:.1f} s")
         t0 = time.perf_counter()
-        chain.until_done("grid_fees", "charge_security_of_supply", FIRST, FIRST + PERIODS - 1, 1_000_000, args.step)
+        chain.until_done("grid_fees", "charge_security_of_supply", first_p, first_p + PERIODS - 1, 1_000_000, args.step)
         sos_s = time.perf_counter() - t0
         note(begin, f"security of supply charged in {sos_s:.1f} s")
         # ---- settlement of the day
@@ -245,9 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
         settle_steps = chain.until_done("settlement", "run_settlement", args.step)
         settle_s = time.perf_counter() - t0
         note(begin, f"settled in {settle_s:.1f} s ({settle_steps} steps)")
-        obligations = chain.view("settlement", "obligation_count")
-        tokens = chain.view("energy_tokens", "next_serial") - 1
-        in_default = chain.view("settlement", "in_default_list")
+        obligations = (chain.read("settlement", "next_obligation") or 1) - 1
+        tokens = (chain.read("energy_tokens", "next_serial_value") or 1) - 1
+        in_default = chain.read("settlement", "defaulters") or []
         figures.update(
             participants=args.participants,
             tokens=tokens,
@@ -268,8 +316,9 @@ def main(argv: list[str] | None = None) -> dict:
             max_tx_gas=chain.max_gas,
         )
         print("largest gas per function: " + json.dumps(dict(sorted(chain.gas_by_function.items()))), file=sys.stderr)
-        chain.store.close()
     finally:
+        if chain is not None:
+            chain.close()
         shutil.rmtree(tmp, ignore_errors=True)
     order = ["participants", "tokens", "trades_per_s", "readings_per_s", "reconcile_s_per_period", "settle_s"]
     out = {k: figures[k] for k in order} | {k: v for k, v in figures.items() if k not in order}
