@@ -34,6 +34,21 @@ Either way the sender's nonce advances and the gas used is added to the sender's
 cumulative account at ``state_key("accounts", "gas_used", [address])``: gridledger
 is permissioned, so gas is a metered quota per participant rather than a coin.
 
+**Native modules.** ``Executor(natives={"bridge": handler})`` runs a transaction to
+contract ``bridge`` by calling ``handler.run(host, function, args)`` (a
+:class:`NativeModule`) instead of contract code, inside the same per-transaction
+layer: a failure drops every write and event, exactly as for a contract call. The
+handler reaches state only through its :class:`NativeHost`: reads anywhere, writes
+under its own name's keys (``state_key(name, ...)``), calls of deployed contracts *as
+the module* (``ctx.sender == contract_address(name)``, ``ctx.caller_contract ==
+name``), and events. Gas: ``handler.gas(function)`` (a fixed cost per operation, which
+the module documents) plus ``NATIVE_ARG_BYTE`` per byte of the encoded arguments, on
+top of the transaction's base cost; every read, write, event and contract call is
+then charged at the runtime's own rates. A native name shadows no contract: the
+runtime reserves ``bridge`` and a native name must be a valid contract name that is
+not ``system``. A handler signals a refusal by raising :class:`ContractError` with
+its code; any other exception is reported like a contract's Python error.
+
 **Deployment** is ``Transaction(contract="system", function="deploy", args=[name,
 source])`` (optionally a third argument: the constructor's arguments as a list),
 allowed to senders holding the deployer role (``state_key("system", "deployers",
@@ -52,10 +67,11 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from contracts.runtime import gas as G
 from contracts.runtime.engine import (
+    _NAME_RE,
     SYSTEM,
     BlockContext,
     Runtime,
@@ -64,7 +80,7 @@ from contracts.runtime.engine import (
     describe_failure,
 )
 from contracts.runtime.errors import ContractError
-from contracts.runtime.storage import BlockState, StateReader, decode_value
+from contracts.runtime.storage import BlockState, StateReader, decode_value, encode_key_prefix
 from contracts.runtime.worker import ExecutorUnavailable, IsolatedExecutor
 from ledger import codec
 from ledger.crypto import Address
@@ -73,6 +89,9 @@ from ledger.tx import Event, Receipt, Transaction, TxError
 
 __all__ = [
     "AdmissionPolicy",
+    "NATIVE_ARG_BYTE",
+    "NativeHost",
+    "NativeModule",
     "BlockContext",
     "BlockResult",
     "Executor",
@@ -95,6 +114,11 @@ GENESIS_ADDRESS = bytes(20)
 # Well under this, so no outcome can depend on how deep the node's stack already is.
 RECURSION_HEADROOM = 1000
 _ZERO_HASH = bytes(32)
+# Gas per byte of a native call's encoded arguments, on top of TX_ARG_BYTE: a module
+# verifies what it is given (signatures, Merkle proofs over the bytes of a relayer's
+# delivery), so its work grows with the argument size; 8 units (~200 ns) per byte
+# covers hashing a proof's bytes several times over.
+NATIVE_ARG_BYTE = 8
 
 
 def nonce_key(address: bytes) -> bytes:
@@ -120,6 +144,82 @@ class StateView:
         """The decoded value stored under ``state_key(contract, name, parts)``, or None."""
         raw = self._block.get(state_key(contract, name, list(parts)))
         return None if raw is None else decode_value(raw)
+
+
+class NativeHost:
+    """What a native module may do inside one transaction (see the module docstring).
+
+    ``sender`` is the signer's address, ``address`` the module's own account
+    (``contract_address(name)``); ``shard``, ``height`` and ``time`` are the block's.
+    A contract call that fails ends the transaction: the host then refuses any further
+    call, so a module can never act on the half-done state of a failed callee.
+    """
+
+    __slots__ = ("_runtime", "_prefix", "_failed", "name", "address", "sender", "shard", "height", "time", "tx_hash")
+
+    def __init__(self, runtime: Runtime, name: str, sender: bytes, bc: BlockContext, tx_hash: bytes) -> None:
+        self._runtime = runtime
+        self._prefix = encode_key_prefix(name, "")[:-1]  # b"\x93" + packed name: every key of the module
+        self._failed = False
+        self.name = name
+        self.address = contract_address(name)
+        self.sender = sender
+        self.shard = bc.shard
+        self.height = bc.height
+        self.time = bc.time
+        self.tx_hash = tx_hash
+
+    def charge(self, gas: int) -> None:
+        self._runtime.charge(gas)
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of any state key as of this point of the transaction, charged as a contract read."""
+        runtime = self._runtime
+        runtime.charge(G.STORAGE_READ + len(key) * G.STORAGE_READ_BYTE)
+        raw = runtime.tx.get(key)
+        if raw is not None:
+            runtime.charge(len(raw) * G.STORAGE_READ_BYTE)
+        return raw
+
+    def put(self, key: bytes, raw: bytes | None) -> None:
+        """Write (``None``: delete) one of the module's own keys, charged as a contract write."""
+        if type(key) is not bytes or not key.startswith(self._prefix):
+            raise ContractError(f"module {self.name} writes only its own keys, state_key({self.name!r}, ...)", code="not_allowed")
+        runtime = self._runtime
+        if raw is None:
+            runtime.charge(G.STORAGE_DELETE + len(key) * G.STORAGE_WRITE_BYTE)
+        else:
+            if type(raw) is not bytes or len(raw) > G.MAX_VALUE_BYTES:
+                raise ContractError(f"a stored value is bytes of at most {G.MAX_VALUE_BYTES}", code="limit")
+            runtime.charge(G.STORAGE_WRITE + (len(key) + len(raw)) * G.STORAGE_WRITE_BYTE)
+        runtime.put(key, raw)
+
+    def call(self, contract: str, function: str, *args: Any) -> Any:
+        """Call ``contract.function(*args)`` as the module; returns a copy of the result."""
+        if self._failed:
+            raise ContractError(f"module {self.name} called a contract after a call failed", code="not_allowed")
+        try:
+            return self._runtime.call_as_module(self.name, contract, function, args)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """An event of the module in the receipt (fields in the order given)."""
+        names = tuple(fields)
+        self._runtime.emit(self.name, event, names, [fields[n] for n in names])
+
+
+class NativeModule(Protocol):
+    """A module of the node run by the executor under a contract name (e.g. ``bridge``)."""
+
+    def gas(self, function: str) -> int | None:
+        """The fixed gas of one operation, or None if the module has no such function."""
+        ...
+
+    def run(self, host: NativeHost, function: str, args: list) -> Any:
+        """Execute ``function``; raise :class:`ContractError` (with its code) to refuse."""
+        ...
 
 
 # (state, transaction, sender address) -> None to admit, or (code, message) to refuse.
@@ -171,13 +271,24 @@ class Executor:
         verify_signatures: bool = False,
         admission: AdmissionPolicy | None = None,
         max_tx_gas: int = G.MAX_TX_GAS,
+        natives: Mapping[str, NativeModule] | None = None,
     ) -> None:
         if sys.flags.bytes_warning:
             raise RuntimeError("run gridledger without python -b/-bb: it would make str/bytes comparisons in contracts fail on this node only")
+        self.natives: dict[str, NativeModule] = {}
+        for name, module in (natives or {}).items():
+            self.add_native(name, module)
         self.runtime = Runtime(metered=metered)
         self.verify_signatures = verify_signatures
         self.admission = admission
         self.max_tx_gas = min(max_tx_gas, G.MAX_TX_GAS)
+
+    def add_native(self, name: str, module: NativeModule) -> None:
+        """Run transactions to contract ``name`` with ``module`` (before any block executes:
+        every validator of the shard must run the same natives)."""
+        if type(name) is not str or not _NAME_RE.fullmatch(name) or name == SYSTEM:
+            raise ValueError(f"a native module's name is a contract name other than {SYSTEM!r}, not {name!r}")
+        self.natives[name] = module
 
     # ------------------------------------------------------------ blocks
 
@@ -224,8 +335,11 @@ class Executor:
         ok, result, error, events = True, None, None, ()
         try:
             runtime.charge(G.TX_BASE + G.TX_ARG_BYTE * len(tx.body_bytes))
+            native = self.natives.get(tx.contract)
             if tx.contract == SYSTEM:
                 result = self._system_call(tx, address)
+            elif native is not None:
+                result = self._native_call(native, tx, address, bc, tx_hash)
             else:
                 result = runtime.call_from_transaction(tx.contract, tx.function, tx.args)
             writes, event_list = runtime.finish()
@@ -243,6 +357,15 @@ class Executor:
         gkey = gas_used_key(address)
         block.writes[gkey] = codec.encode(_read_int(block, gkey) + gas)
         return Receipt(ok, gas, events, error, result)
+
+    def _native_call(self, native: NativeModule, tx: Transaction, address: bytes, bc: BlockContext, tx_hash: bytes) -> Any:
+        base = native.gas(tx.function)
+        if base is None:
+            raise ContractError(f"{tx.contract} has no function {tx.function}", code="not_found")
+        runtime = self.runtime
+        runtime.charge(base + NATIVE_ARG_BYTE * len(codec.encode(list(tx.args))))
+        result = native.run(NativeHost(runtime, tx.contract, address, bc, tx_hash), tx.function, list(tx.args))
+        return runtime.export_value(result, "return", G.MAX_RESULT_BYTES, allow_maps=False)
 
     def _system_call(self, tx: Transaction, address: bytes) -> Any:
         if tx.function != "deploy":

@@ -16,8 +16,20 @@ from one genesis refuses to open under another.
       "accounts": [{"address", "roles": [...], "label"}],
       "deployers": ["grid1..."],
       "contracts": [{"name", "source"}],          # system contracts deployed at height 0
-      "app_state": {...}                          # contract-specific initial state
+      "app_state": {...},                         # contract-specific initial state
+      "topology": {                               # optional: a shard of a grid-level tree
+        "document": "<the topology TOML text>",   # e.g. genesis/three-levels.toml
+        "neighbours": {"ch": [<validator entries, as "validators">], ...}
+      }
     }
+
+``topology`` makes the shard one of a tree (``shards/DESIGN.md``): ``document`` is the
+whole topology text and ``neighbours`` the genesis validator set of each neighbour
+(parent and children). This module checks only its shape and the validator entries (the
+ledger layer knows nothing of topologies); ``shards.native.check_genesis_topology``
+checks it against the document (this shard and its neighbours listed, genesis time,
+period, protocol and checkpoint interval equal to the topology's). A genesis without
+``topology`` is a single-shard ledger. The genesis hash covers it, as every field.
 """
 
 from __future__ import annotations
@@ -85,6 +97,9 @@ class Genesis:
     contracts: tuple[tuple[str, str], ...] = ()  # (name, source)
     app_state: dict = field(default_factory=dict)
     document: dict = field(default_factory=dict, compare=False, repr=False)
+    # the topology TOML text and the neighbours' genesis validator sets (None: one shard)
+    topology: str | None = None
+    neighbour_sets: dict[str, ValidatorSet] = field(default_factory=dict)
 
     @property
     def hash(self) -> bytes:
@@ -108,7 +123,7 @@ class Genesis:
     def from_document(cls, doc: Any) -> Genesis:
         if not isinstance(doc, dict):
             raise GenesisError("genesis must be a JSON object")
-        known = {"chain_id", "genesis_time", "protocol", "params", "validators", "accounts", "deployers", "contracts", "app_state"}
+        known = {"chain_id", "genesis_time", "protocol", "params", "validators", "accounts", "deployers", "contracts", "app_state", "topology"}
         unknown = set(doc) - known
         if unknown:
             raise GenesisError(f"genesis has unknown fields {sorted(unknown)}; allowed: {sorted(known)}")
@@ -129,7 +144,7 @@ class Genesis:
             if type(value) is not int or value <= 0:
                 raise GenesisError(f"genesis.params.{name} must be a positive integer")
             params[name] = value
-        validators, certs = _validators(doc.get("validators"))
+        validators, certs = _validators(doc.get("validators"), "genesis.validators")
         accounts = tuple(_account(i, a) for i, a in enumerate(_list(doc, "accounts")))
         deployers = tuple(_address(a, f"genesis.deployers[{i}]") for i, a in enumerate(_list(doc, "deployers")))
         contracts = []
@@ -140,6 +155,7 @@ class Genesis:
         app_state = doc.get("app_state", {})
         if not isinstance(app_state, dict):
             raise GenesisError("genesis.app_state must be an object")
+        topology, neighbour_sets = _topology(doc.get("topology"), chain_id)
         try:
             canonical = codec.encode(doc, allow_maps=True, max_depth=64)
         except codec.CodecError as exc:
@@ -147,6 +163,7 @@ class Genesis:
         return cls(
             chain_id, genesis_time, protocol, validators, params, certs, accounts, deployers, tuple(contracts),
             app_state, codec.decode(canonical, allow_maps=True, max_depth=64, max_size=len(canonical)),
+            topology, neighbour_sets,
         )
 
 
@@ -201,13 +218,39 @@ def _account(i: int, value: Any) -> GenesisAccount:
     return GenesisAccount(_address(value.get("address"), f"{where}.address"), tuple(roles), label)
 
 
-def _validators(value: Any) -> tuple[ValidatorSet, dict[bytes, str]]:
+# A topology document is a small TOML file (a few lines per shard); this bounds what a
+# genesis may carry, far above any real grid's tree.
+MAX_TOPOLOGY_TEXT = 1 << 20
+
+
+def _topology(value: Any, chain_id: str) -> tuple[str | None, dict[str, ValidatorSet]]:
+    """The shape of the optional ``topology`` section: (document text, neighbour sets)."""
+    if value is None:
+        return None, {}
+    where = "genesis.topology"
+    if not isinstance(value, dict) or set(value) != {"document", "neighbours"}:
+        raise GenesisError(f"{where} must be an object with exactly \"document\" and \"neighbours\"")
+    text = value["document"]
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TOPOLOGY_TEXT:
+        raise GenesisError(f"{where}.document must be the topology's TOML text (at most {MAX_TOPOLOGY_TEXT} characters)")
+    neighbours = value["neighbours"]
+    if not isinstance(neighbours, dict):
+        raise GenesisError(f"{where}.neighbours must be an object: shard id -> its genesis validator entries")
+    sets = {}
+    for shard_id in sorted(neighbours):
+        if shard_id == chain_id:
+            raise GenesisError(f"{where}.neighbours lists this shard {chain_id!r} itself; it lists the neighbours only")
+        sets[shard_id] = _validators(neighbours[shard_id], f"{where}.neighbours[{shard_id!r}]")[0]
+    return text, sets
+
+
+def _validators(value: Any, what: str) -> tuple[ValidatorSet, dict[bytes, str]]:
     if not isinstance(value, list) or not value:
-        raise GenesisError("genesis.validators must be a non-empty list")
+        raise GenesisError(f"{what} must be a non-empty list")
     validators = []
     certs: dict[bytes, str] = {}
     for i, v in enumerate(value):
-        where = f"genesis.validators[{i}]"
+        where = f"{what}[{i}]"
         if not isinstance(v, dict):
             raise GenesisError(f"{where} must be an object")
         name = v.get("name", "")
@@ -226,4 +269,4 @@ def _validators(value: Any) -> tuple[ValidatorSet, dict[bytes, str]]:
     try:
         return ValidatorSet(tuple(validators)), certs
     except ValidatorSetError as exc:
-        raise GenesisError(f"genesis.validators: {exc}") from None
+        raise GenesisError(f"{what}: {exc}") from None

@@ -51,6 +51,7 @@ from ledger.merkle import EMPTY_ROOT
 from ledger.store import PreparedState, Store
 from ledger.tx import Receipt, Transaction
 from ledger.validators import ValidatorSet
+from shards.native import bridge_genesis_writes, bridge_natives
 
 __all__ = ["Chain", "ChainError", "Executed"]
 
@@ -96,6 +97,12 @@ class Chain:
         self._head: BlockHeader | None = None  # the committed head's header
         self.reads = CommittedReads(store)
         self.on_commit: list[Callable[[Block, list[Receipt], bytes], None]] = []
+        # A shard of a grid-level tree runs the cross-shard flow module as the executor's
+        # native "bridge" (shards/native.py); the genesis topology is checked here.
+        for name, module in bridge_natives(genesis).items():
+            if not hasattr(executor, "add_native"):
+                raise ChainError(f"this shard's genesis has a topology: its executor must run the native module {name!r}")
+            executor.add_native(name, module)
 
     # ------------------------------------------------------------------ genesis and head
 
@@ -103,8 +110,9 @@ class Chain:
         """Apply the genesis state as block 0 if the store is empty."""
         if self.store.height is not None:
             return
-        writes = apply_genesis_document(self.genesis, executor=self.executor).writes
-        prepared = self.store.prepare_state(writes)
+        writes = dict(apply_genesis_document(self.genesis, executor=self.executor).writes)
+        writes.update(bridge_genesis_writes(self.genesis))  # light clients, bridge registrations
+        prepared = self.store.prepare_state({k: writes[k] for k in sorted(writes)})
         header = BlockHeader(
             self.chain_id, 0, ZERO_HASH, EMPTY_ROOT, prepared.root, EMPTY_ROOT,
             self.genesis.genesis_time, b"", self.validators.hash,

@@ -75,7 +75,10 @@ __all__ = [
 ]
 
 SYSTEM = "system"
-RESERVED_CONTRACT_NAMES = frozenset({SYSTEM, "accounts"})
+# "bridge" is the node's native cross-shard module (shards/native.py): the market
+# contracts trust calls from it by name, so no deployed contract may ever take it, on
+# any shard, whether or not that shard runs the module.
+RESERVED_CONTRACT_NAMES = frozenset({SYSTEM, "accounts", "bridge"})
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _ADDRESS_LEN = 20
 
@@ -474,6 +477,29 @@ class Runtime:
             raise ContractError(f"{contract} has no exported function {function}", code="not_found")
         values = spec.convert(copied)
         result = self.invoke(loaded, spec, values, caller.address, caller.name)
+        return self.copy_value(result, "return")
+
+    def call_as_module(self, module: str, contract: object, function: object, args: list | tuple) -> Any:
+        """A native module's call of a deployed contract (``contracts.executor`` natives).
+
+        The callee sees ``ctx.sender == contract_address(module)`` and
+        ``ctx.caller_contract == module``, exactly as if a contract named ``module``
+        had called it, so contracts authorise the module as they authorise each other
+        (the name is reserved: no deployed contract can pose as it). Charged like
+        ``call`` between contracts.
+        """
+        self.charge(G.CONTRACT_CALL)
+        if type(contract) is not str or type(function) is not str:
+            raise ContractError("a module calls a contract function by the names of both, as text")
+        if len(self.stack) >= G.MAX_CONTRACT_DEPTH:
+            raise LimitExceeded(f"contract call depth limit: more than {G.MAX_CONTRACT_DEPTH} nested contract calls")
+        copied = self.copy_value(list(args), "pass")
+        loaded = self.contract(contract)
+        spec = loaded.exports.get(function)
+        if spec is None:
+            raise ContractError(f"{contract} has no exported function {function}", code="not_found")
+        values = spec.convert(copied)
+        result = self.invoke(loaded, spec, values, contract_address(module), module)
         return self.copy_value(result, "return")
 
     def copy_value(self, value: object, what: str) -> Any:

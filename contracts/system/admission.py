@@ -62,6 +62,12 @@ ROLE_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("grid_fees", "charge_security_of_supply"): GRID_OPERATOR,
     ("settlement", "run_settlement"): GRID_OPERATOR,
     ("grid_fees", "abandon_security_of_supply"): GRID_OPERATOR,
+    # the native cross-shard module (shards/native.py): only consumers buy from outside
+    # their shard [P 4.4]; the grid operator registers bridges and redispatches flows.
+    # deliver, settle and submit_evidence are open to every active member (relayers).
+    ("bridge", "open_flow"): frozenset({"consumer"}),
+    ("bridge", "register_bridge"): GRID_OPERATOR,
+    ("bridge", "redispatch"): GRID_OPERATOR,
 }
 
 # Entry points that only another system contract may call: no transaction reaches them.
@@ -75,6 +81,15 @@ CONTRACT_ONLY = frozenset(
         ("energy_tokens", "mark_obligated"),
         ("meters", "close_period"),
         ("settlement", "add_obligation"),
+        # the bridge module's entry points (MARKET.md section 12)
+        ("fiat", "bridge_lock"),
+        ("fiat", "bridge_pay"),
+        ("fiat", "bridge_send"),
+        ("fiat", "bridge_receive"),
+        ("energy_tokens", "bridge_buy_offer"),
+        ("energy_tokens", "bridge_revert_offer"),
+        ("energy_tokens", "bridge_create_hop_token"),
+        ("energy_tokens", "bridge_cancel_hop_token"),
     }
 )
 
