@@ -22,6 +22,8 @@ Public surface:
   consumer before anything is locked).
 * :mod:`shards.relay`: ``plan_channel``, ``build_delivery``, ``Handover`` (what a relayer
   delivers next).
+* :mod:`shards.native`: ``BridgeModule`` (the flow module as a node executor's native
+  module ``bridge``), ``check_genesis_topology``.
 * :mod:`shards.sim`: the deterministic simulator, ``python -m shards.sim``.
 
 Every refusal is a :class:`shards.errors.BridgeError` with a stable ``code``.
