@@ -55,6 +55,7 @@ class DevnetChain:
         self.txs = 0
         self.height = 0
         self.max_gas = 0
+        self.gas_total = 0
         self.gas_by_function: dict[str, int] = defaultdict(int)
         self.started = time.monotonic()
         self.busy_s = 0.0  # wall-clock seconds spent waiting for committed transactions
@@ -105,6 +106,7 @@ class DevnetChain:
             if must_succeed and not receipt.ok:
                 raise RuntimeError(f"{t.contract}.{t.function} failed: {receipt.error}")
             self.max_gas = max(self.max_gas, receipt.gas_used)
+            self.gas_total += receipt.gas_used
             name = f"{t.contract}.{t.function}"
             self.gas_by_function[name] = max(self.gas_by_function[name], receipt.gas_used)
             self.height = max(self.height, r.height or 0)
@@ -141,14 +143,14 @@ class DevnetChain:
     def read(self, contract: str, name: str, *parts):
         return self.clients[0].state(contract, name, list(parts))
 
-    def first_period(self, coming_txs: int) -> int:
-        """The first period whose gate closes after ``coming_txs`` more transactions, with a
-        margin of half again, at the rate measured so far."""
-        rate = self.txs / max(self.busy_s, 1e-3)
-        needed_s = coming_txs / max(rate, 1.0) * 1.5 + 10
+    def first_period(self, coming_gas: int) -> int:
+        """The first period whose gate closes after ``coming_gas`` more gas of transactions,
+        with a margin of twice that, at the gas rate measured so far."""
+        rate = self.gas_total / max(self.busy_s, 1e-3)
+        needed_s = coming_gas / max(rate, 1.0) * 2 + 20
         start = time.time() + needed_s + self.period_s  # gate closure: one period ahead
         first = math.ceil((start - self.genesis_time) / self.period_s)
-        self.note(f"measured {rate:.0f} tx/s; the day starts at period {first}, in {needed_s:.0f} s")
+        self.note(f"measured {rate / 1e6:.1f} Mgas/s; the day starts at period {first}, in {needed_s:.0f} s")
         return first
 
     def reach(self, t: int) -> None:
