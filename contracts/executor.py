@@ -119,6 +119,10 @@ _ZERO_HASH = bytes(32)
 # delivery), so its work grows with the argument size; 8 units (~200 ns) per byte
 # covers hashing a proof's bytes several times over.
 NATIVE_ARG_BYTE = 8
+# system.reconfigure: reading the epoch records, checking the set and the proofs of
+# possession of added validators (~2 ms each), plus one Ed25519 check per approval.
+RECONFIG_BASE = 100_000
+RECONFIG_APPROVAL = 3_000
 
 
 def nonce_key(address: bytes) -> bytes:
@@ -282,6 +286,11 @@ class Executor:
         self.verify_signatures = verify_signatures
         self.admission = admission
         self.max_tx_gas = min(max_tx_gas, G.MAX_TX_GAS)
+        self.reconfig_rules = None  # contracts.reconfig.ReconfigRules, set by the shard's chain
+
+    def set_reconfig_rules(self, rules) -> None:
+        """Enable ``system.reconfigure`` with the shard's rules (before any block executes)."""
+        self.reconfig_rules = rules
 
     def add_native(self, name: str, module: NativeModule) -> None:
         """Run transactions to contract ``name`` with ``module`` (before any block executes:
@@ -337,7 +346,7 @@ class Executor:
             runtime.charge(G.TX_BASE + G.TX_ARG_BYTE * len(tx.body_bytes))
             native = self.natives.get(tx.contract)
             if tx.contract == SYSTEM:
-                result = self._system_call(tx, address)
+                result = self._system_call(tx, address, bc)
             elif native is not None:
                 result = self._native_call(native, tx, address, bc, tx_hash)
             else:
@@ -367,9 +376,11 @@ class Executor:
         result = native.run(NativeHost(runtime, tx.contract, address, bc, tx_hash), tx.function, list(tx.args))
         return runtime.export_value(result, "return", G.MAX_RESULT_BYTES, allow_maps=False)
 
-    def _system_call(self, tx: Transaction, address: bytes) -> Any:
+    def _system_call(self, tx: Transaction, address: bytes, bc: BlockContext) -> Any:
+        if tx.function == "reconfigure":
+            return self._reconfigure(tx, bc)
         if tx.function != "deploy":
-            raise ContractError(f"system has no function {tx.function}; it has deploy", code="not_found")
+            raise ContractError(f"system has no function {tx.function}; it has deploy and reconfigure", code="not_found")
         args = tx.args
         if not 2 <= len(args) <= 3:
             raise ContractError("deploy takes [name, source] or [name, source, constructor args]", code="bad_args")
@@ -379,6 +390,26 @@ class Executor:
         if type(ctor_args) is not list:
             raise ContractError("constructor arguments are a list", code="bad_args")
         return self.runtime.deploy(args[0], args[1], ctor_args, address)
+
+    def _reconfigure(self, tx: Transaction, bc: BlockContext) -> Any:
+        """A validator-set change (contracts/reconfig.py); anyone may submit one, the approvals authorise it."""
+        from contracts import reconfig
+
+        rules = self.reconfig_rules
+        if rules is None:
+            raise ContractError("this shard's node runs no validator-set rules", code="not_allowed")
+        runtime = self.runtime
+        runtime.charge(RECONFIG_BASE + RECONFIG_APPROVAL * len(tx.args[3] if len(tx.args) == 5 and isinstance(tx.args[3], list) else ()))
+        try:
+            change, epoch = reconfig.check_reconfiguration(runtime.tx.get, rules, bc.height, tx.args)
+        except reconfig.ReconfigError as exc:
+            raise ContractError(exc.message, code=exc.code) from None
+        for key, raw in reconfig.record_writes(change, epoch).items():
+            runtime.charge(G.STORAGE_WRITE + (len(key) + len(raw)) * G.STORAGE_WRITE_BYTE)
+            runtime.put(key, raw)
+        runtime.emit(SYSTEM, "validators_changed", ("epoch", "effective_after", "set_hash"),
+                     [epoch.number, epoch.after, epoch.validators.hash])
+        return [epoch.number, epoch.after]
 
     # ------------------------------------------------------------ reads
 

@@ -3,7 +3,8 @@
 Used by observers to follow the validators, and by a validator whose replica asks for
 state it missed (``FetchState``: it was down while the others moved past its
 consensus window). Both trust no single source: every block comes with its commit
-certificate, checked against the shard's validator set before the block is executed,
+certificate, checked against the validator set in force at its height (the chain's
+schedule, learned from the changes in the blocks applied before it) before the block is executed,
 and execution must reproduce the header's state and receipts roots. A source that
 serves anything else is skipped for the next one.
 """
@@ -92,10 +93,10 @@ class BlockSource:
             if cert.digest == NULL_DIGEST:
                 if block != null_block(self.chain.head_header(), height):
                     raise CertificateError("a null certificate for a block that is not the null block")
-                cert.verify(self.chain.chain_id, self.chain.validators, height=height)
+                cert.verify(self.chain.chain_id, self.chain.validators_at(height), height=height)
                 batch = b""
             else:
-                cert.verify(self.chain.chain_id, self.chain.validators, height=height, digest=block.hash)
+                cert.verify(self.chain.chain_id, self.chain.validators_at(height), height=height, digest=block.hash)
                 # The certificate covers the header only: transactions that are not the
                 # ones under its root are the source's lie, not a reason to stop here.
                 block.check_tx_root()

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from contracts import reconfig
 from contracts.executor import BlockContext, apply_genesis_document
 from ledger import codec
 from ledger.block import (
@@ -87,7 +88,14 @@ class Chain:
         self.store = store
         self.executor = executor
         self.clock = clock
-        self.validators: ValidatorSet = genesis.validators
+        self.rules = reconfig_rules(genesis)
+        if hasattr(executor, "set_reconfig_rules"):
+            executor.set_reconfig_rules(self.rules)
+        # Every validator set from genesis on (contracts/reconfig.py), loaded from state.
+        self.epochs: list[reconfig.Epoch] = [reconfig.Epoch(0, 0, genesis.validators)]
+        # Called with the new epoch when a committed block changes the validator set.
+        self.on_reconfig: list[Callable[[reconfig.Epoch], None]] = []
+        self.dropped: list[tuple[bytes, str, str]] = []  # (tx id, code, message) left out of the last build
         self.max_skew = genesis.param("max_clock_skew_s")
         self.log = logger or get_logger(shard=self.chain_id)
         # Transactions whose signatures this node already checked (mempool admission).
@@ -109,6 +117,7 @@ class Chain:
     def ensure_genesis(self) -> None:
         """Apply the genesis state as block 0 if the store is empty."""
         if self.store.height is not None:
+            self.load_schedule()
             return
         writes = dict(apply_genesis_document(self.genesis, executor=self.executor).writes)
         writes.update(bridge_genesis_writes(self.genesis))  # light clients, bridge registrations
@@ -121,6 +130,60 @@ class Chain:
         self.store.apply_block(0, block.hash, block.encode(), None, prepared, (),
                                {"genesis_hash": self.genesis.hash})
         self.log.info("genesis applied", state_root=prepared.root.hex())
+
+    def load_schedule(self) -> None:
+        """Read the validator sets from committed state (at start, and after a state snapshot)."""
+        self.epochs = reconfig.load_epochs(self.store.get, self.rules)
+        self.reads.clear()
+
+    # ------------------------------------------------------------------ validator sets
+
+    def validators_at(self, height: int) -> ValidatorSet:
+        """The set that orders and certifies ``height`` (as far as this node's state knows)."""
+        chosen = self.epochs[0].validators
+        for epoch in self.epochs:
+            if epoch.after < height:
+                chosen = epoch.validators
+        return chosen
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The set in force for the next block."""
+        return self.validators_at(self.height + 1)
+
+    @property
+    def latest_epoch(self) -> reconfig.Epoch:
+        return self.epochs[-1]
+
+    def scheduled(self) -> list[reconfig.Epoch]:
+        """Changes decided but not yet in force at the next height."""
+        next_height = self.height + 1
+        return [e for e in self.epochs if e.after >= next_height]
+
+    def schedule_pairs(self, height: int) -> tuple[tuple[int, ValidatorSet], ...]:
+        """Consensus's view of the sets above ``height``: ``(height, set in force after it)``
+        and every decided change that takes effect later (``StateInstalled.validator_sets``)."""
+        pairs = [(height, self.validators_at(height + 1))]
+        pairs += [(e.after, e.validators) for e in self.epochs if e.after > height]
+        return tuple(pairs)
+
+    def members(self) -> set[bytes]:
+        """Every node key of every set this node knows (genesis, past, current, scheduled)."""
+        return {v.node_key for e in self.epochs for v in e.validators}
+
+    def tls_certs(self) -> dict[bytes, bytes]:
+        """The peer certificates of every known validator: genesis's, and those changes added."""
+        certs = {k: (c.encode() if isinstance(c, str) else c) for k, c in self.genesis.tls_certs.items()}
+        for key in self.members():
+            if key not in certs:
+                raw = self.store.get(reconfig.tls_key(key))
+                if raw is not None:
+                    certs[key] = codec.decode(raw)
+        return certs
+
+    def check_reconfigure(self, height: int, tx: Transaction) -> reconfig.Epoch:
+        """The static check of a ``system.reconfigure`` at ``height`` on committed state; raises ReconfigError."""
+        return reconfig.check_reconfiguration(self.reads.get, self.rules, height, tx.args)[1]
 
     @property
     def height(self) -> int:
@@ -195,9 +258,10 @@ class Chain:
             raise BlockError("bad_height", f"block height {header.height} does not follow {parent.height}")
         if header.prev_hash != parent.hash:
             raise BlockError("bad_parent", "block does not extend the committed head")
-        if header.validator_set_hash != self.validators.hash:
-            raise BlockError("bad_validator_set", "block names another validator set")
-        if header.proposer not in self.validators:
+        validators = self.validators_at(height)
+        if header.validator_set_hash != validators.hash:
+            raise BlockError("bad_validator_set", "block names another validator set than the one in force at its height")
+        if header.proposer not in validators:
             raise BlockError("bad_proposer", "block proposer is not a validator")
         if header.time < parent.time:
             raise BlockError("bad_time", f"block time {header.time} is earlier than its parent's {parent.time}")
@@ -210,6 +274,7 @@ class Chain:
         if cached is not None:
             return cached
         block.check_tx_root()
+        change_at = None
         for i, tx in enumerate(block.txs):
             if tx.chain_id != self.chain_id:
                 raise BlockError("bad_tx", f"transaction {i} is for another shard")
@@ -217,7 +282,20 @@ class Chain:
                 raise BlockError("bad_tx", f"transaction {i} expired at height {tx.expiry}")
             if tx.tx_id not in self.verified and not tx.signature_ok():
                 raise BlockError("bad_tx", f"transaction {i} has a bad signature")
+            if reconfig.is_reconfigure(tx):
+                # Consensus reads a change from the batch alone (validator_set_change), so
+                # a block is accepted only if its change is certainly effective.
+                if change_at is not None:
+                    raise BlockError("bad_reconfig", "a block holds at most one validator-set change")
+                change_at = i
+                try:
+                    self.check_reconfigure(height, tx)
+                except reconfig.ReconfigError as exc:
+                    raise BlockError("bad_reconfig", f"transaction {i}: {exc}") from None
         executed = self._execute(block, batch)
+        if change_at is not None and not executed.receipts[change_at].ok:
+            error = executed.receipts[change_at].error
+            raise BlockError("bad_reconfig", f"the validator-set change (transaction {change_at}) fails: {error}")
         if executed.prepared.root != header.state_root:
             raise BlockError("bad_state_root", "executing the block gives another state root than its header's")
         if receipts_root(executed.encoded_receipts) != header.receipts_root:
@@ -238,20 +316,53 @@ class Chain:
         return BlockContext(self.chain_id, header.height, header.time, header.proposer)
 
     def validator_set_change(self, height: int, batch: bytes) -> ValidatorSet | None:
+        """The set a batch introduces: read from its ``system.reconfigure`` alone.
+
+        Only accepted blocks are ever committed, and block acceptance (``check_proposal``)
+        refuses a block whose change is not effective, so the batch bytes are enough:
+        consensus may ask before this node executed the block (Raft appends, BFT commits,
+        a catch-up proof of a change far above the head).
+        """
+        if not batch:
+            return None
+        block = self._decode(batch)
+        if block is None:
+            return None
+        for tx in block.txs:
+            if reconfig.is_reconfigure(tx):
+                try:
+                    return reconfig.parse_reconfiguration(tx.args).validators
+                except reconfig.ReconfigError:
+                    return None
         return None
 
     # ------------------------------------------------------------------ building (the leader)
 
-    def build(self, txs: list[Transaction], proposer: bytes) -> tuple[bytes, Executed]:
-        """Execute ``txs`` on the committed head and return the encoded block proposal."""
+    def build(self, txs: list[Transaction], proposer: bytes, *, _again: bool = False) -> tuple[bytes, Executed]:
+        """Execute ``txs`` on the committed head and return the encoded block proposal.
+
+        Validator-set changes that would make validators refuse the block are left out
+        and listed in :attr:`dropped` (tx id, code, message) for the mempool to forget.
+        """
+        if not _again:
+            self.dropped = []
         parent = self.head_header()
+        height = parent.height + 1
+        txs = self._admissible_changes(height, txs)
         now = max(parent.time, int(self.clock()))
         header = BlockHeader(
-            self.chain_id, parent.height + 1, parent.hash, tx_root([t.encode() for t in txs]),
-            ZERO_HASH, EMPTY_ROOT, now, proposer, self.validators.hash,
+            self.chain_id, height, parent.hash, tx_root([t.encode() for t in txs]),
+            ZERO_HASH, EMPTY_ROOT, now, proposer, self.validators_at(height).hash,
         )
         draft = Block(header, tuple(txs))
         executed = self._execute(draft, b"")
+        for i, tx in enumerate(txs):
+            if reconfig.is_reconfigure(tx) and not executed.receipts[i].ok:
+                # A change that would not take effect must not be proposed (validators refuse
+                # the block): leave it out and build again.
+                code, message = executed.receipts[i].error or ("failed", "")
+                self.dropped.append((tx.tx_id, code, message))
+                return self.build([t for t in txs if t is not tx], proposer, _again=True)
         header = BlockHeader(
             header.chain_id, header.height, header.prev_hash, header.tx_root, executed.prepared.root,
             receipts_root(executed.encoded_receipts), header.time, header.proposer, header.validator_set_hash,
@@ -261,6 +372,22 @@ class Chain:
         executed = Executed(block, encoded, executed.prepared, executed.receipts, executed.encoded_receipts)
         self._executed[block.hash] = executed
         return encoded, executed
+
+    def _admissible_changes(self, height: int, txs: list[Transaction]) -> list[Transaction]:
+        """``txs`` with at most one validator-set change, and only one that passes its check."""
+        kept, seen = [], False
+        for tx in txs:
+            if reconfig.is_reconfigure(tx):
+                if seen:
+                    continue  # stays in the mempool for a later block
+                try:
+                    self.check_reconfigure(height, tx)
+                except reconfig.ReconfigError as exc:
+                    self.dropped.append((tx.tx_id, exc.code, exc.message))
+                    continue
+                seen = True
+            kept.append(tx)
+        return kept
 
     # ------------------------------------------------------------------ committing
 
@@ -290,11 +417,44 @@ class Chain:
         )
         self._executed.clear()
         self.reads.forget(written)
-        for tx in executed.block.txs:
+        for tx, receipt in zip(executed.block.txs, executed.receipts, strict=True):
             self.verified.discard(tx.tx_id)
+            if receipt.ok and reconfig.is_reconfigure(tx):
+                self._learn_epoch(height, tx, receipt)
         for callback in self.on_commit:
             callback(executed.block, executed.receipts, executed.prepared.root)
         return executed
+
+
+    def _learn_epoch(self, height: int, tx: Transaction, receipt: Receipt) -> None:
+        change = reconfig.parse_reconfiguration(tx.args)
+        number, after = receipt.result
+        epoch = reconfig.Epoch(number, after, change.validators)
+        self.epochs.append(epoch)
+        self.log.info("validator set changed", epoch=number, height=height, effective_after=after,
+                      validators=change.validators.n, set_hash=change.validators.hash.hex()[:16])
+        for callback in self.on_reconfig:
+            callback(epoch)
+
+
+def reconfig_rules(genesis: Genesis) -> reconfig.ReconfigRules:
+    """The shard's validator-set change rules, fixed by its genesis."""
+    from consensus.bft.schedule import effective_after
+
+    if genesis.protocol == "bft":
+        k = genesis.param("checkpoint_interval")
+
+        def after(height: int) -> int:
+            return effective_after(height, k)
+    else:
+        def after(height: int) -> int:
+            return height
+    check = None
+    if genesis.tls_certs:
+        from node.tls import check_node_certificate
+
+        check = check_node_certificate
+    return reconfig.ReconfigRules(genesis.chain_id, genesis.protocol, genesis.validators, after, check)
 
 
 class CommittedReads:

@@ -183,6 +183,11 @@ class Mempool:
                 return True
         return False
 
+    def drop(self, tx_id: bytes) -> bool:
+        """Forget a pending transaction that can never be included (e.g. a validator-set
+        change another change overtook); True if it was here."""
+        return self._remove(tx_id) is not None
+
     def _remove(self, tx_id: bytes) -> MempoolEntry | None:
         entry = self._by_id.pop(tx_id, None)
         if entry is None:

@@ -101,6 +101,11 @@ class Node:
         self.chain = Chain(self.genesis, self.store, self.executor, logger=self.log)
         self.chain.ensure_genesis()
         self.chain.on_commit.append(self._committed)
+        # The set in force for the next block; the chain's schedule (contracts/reconfig.py)
+        # changes it at the heights consensus defines.
+        self.validators = self.chain.validators
+        self._peer_keys: frozenset[bytes] = frozenset()
+        self.peer_tls = None
         self.mempool = Mempool(
             self.chain_id, max_txs=config.mempool.max_txs, max_per_sender=config.mempool.max_per_sender,
             nonce_window=config.mempool.nonce_window, max_gas=self.genesis.param("block_gas_limit"),
@@ -151,7 +156,9 @@ class Node:
         index = self.validators.index_of(self.node_key)
         if index is None:
             if self.config.role == "validator":
-                raise NodeError(f"this node's key {self.node_key.hex()[:16]}... is not a validator of shard {self.chain_id}")
+                # Not a genesis validator: a validator-set change adds it (or added it). Its
+                # membership is checked once the chain's schedule is loaded (_setup_validator).
+                return f"validator-{self.node_key.hex()[:8]}"
             return "observer"
         return self.validators.validators[index].name or f"validator-{index}"
 
@@ -161,9 +168,14 @@ class Node:
 
         spec = protocols.get(self.protocol)
         tick_ms = self.genesis.param("tick_ms")
+        if self.node_key not in self.chain.members():
+            self.log.warning("this node's key is in no validator set of the shard yet: it follows the validators "
+                             "and votes once a validator-set change adds it", node_key=self.node_key.hex()[:16])
         consensus_config = ConsensusConfig(
             chain_id=self.chain_id,
-            validators=self.validators,
+            # Every replica starts from the genesis set; the changes since come from its
+            # own records or from the blocks it commits (validator_set_change).
+            validators=self.genesis.validators,
             timeout_ticks=max(4, self.genesis.param("view_timeout_ms") // tick_ms),
             heartbeat_ticks=max(1, self.genesis.param("view_timeout_ms") // tick_ms // 10),
             checkpoint_interval=self.genesis.param("checkpoint_interval"),
@@ -178,31 +190,71 @@ class Node:
             replica, consensus_config, store=self.store, send=self._send_consensus, broadcast=self._broadcast_consensus,
             commit=self._consensus_commit, fetch_state=self._fetch_state, tick_ms=tick_ms, logger=self.log,
         )
-        peers: dict[bytes, str | None] = {}
-        for v in self.validators:
-            if v.node_key != self.node_key:
-                peers[v.node_key] = None
+        known = self.chain.members()
+        self._peer_urls: dict[bytes, str] = {}
         for key_hex, url in self.config.peer.peers.items():
             key = bytes.fromhex(key_hex)
-            if key not in peers:
-                raise ConfigError(f"peer.peers names {key_hex[:16]}..., which is not a validator of {self.chain_id}")
-            peers[key] = url
+            if key not in known:
+                raise ConfigError(f"peer.peers names {key_hex[:16]}..., which is in no validator set of {self.chain_id}")
+            self._peer_urls[key] = url
+        self._peer_keys = self._allowed_peers()
+        peers = {k: self._peer_urls.get(k) for k in self._peer_keys}
         tls = None
         if self.config.peer.tls:
-            certs = self.genesis.tls_certs
-            if self.node_key not in certs:
-                raise NodeError("peer.tls is on but genesis has no TLS certificate for this validator")
+            certs = self.chain.tls_certs()
             cert, _ = make_node_certificate(self.key, self.name)
-            if cert.decode() != certs[self.node_key]:
-                raise NodeError("this validator's certificate does not match the one in genesis (was the key or name changed?)")
-            others = {k: c.encode() for k, c in certs.items() if k != self.node_key}
+            if self.node_key in certs and cert != certs[self.node_key]:
+                raise NodeError("this validator's certificate does not match the one its shard pins "
+                                "(was the key or name changed?)")
+            if self.node_key not in certs and self.node_key in known:
+                raise NodeError("peer.tls is on but the shard pins no TLS certificate for this validator")
+            others = {k: c for k, c in certs.items() if k != self.node_key}
             # A shard of one validator has no peer to pin (and no peer connection to protect).
             tls = PeerTls.for_validator(self.key, cert, others) if others else None
+        self.peer_tls = tls
         self.mesh = PeerMesh(
             self.key, self.chain_id, peers, tls=tls, on_message=self._on_peer_message,
             limits=MeshLimits(queue_frames=self.config.peer.queue_len), listen=(self.config.peer.host, self.config.peer.port),
             logger=self.log,
         )
+
+    def _allowed_peers(self) -> frozenset[bytes]:
+        """The validators this node talks to: the sets in force at the committed head and the
+        next height, and every scheduled set. A removed validator thus stays until a block
+        above its last height commits (the hand-over checkpoint is signed by then)."""
+        chain = self.chain
+        height = chain.height
+        keys = {v.node_key for v in chain.validators_at(height)} | {v.node_key for v in chain.validators_at(height + 1)}
+        for epoch in chain.scheduled():
+            keys |= {v.node_key for v in epoch.validators}
+        keys.discard(self.node_key)
+        return frozenset(keys)
+
+    def _update_membership(self) -> None:
+        """After a commit: follow the validator set in force and the allowed peers."""
+        current = self.chain.validators
+        if current != self.validators:
+            was = self.node_key in self.validators
+            self.validators = current
+            self.log.info("validator set in force changed", height=self.chain.height, validators=current.n,
+                          set_hash=current.hash.hex()[:16])
+            if self.role == "validator" and was != (self.node_key in current):
+                self.log.warning("this node is now a voting validator" if not was else
+                                 "this node was removed from the validator set: it no longer votes")
+        if self.mesh is None:
+            return
+        allowed = self._allowed_peers()
+        if allowed == self._peer_keys:
+            return
+        if self.peer_tls is not None:
+            certs = self.chain.tls_certs()
+            added = {k: certs[k] for k in allowed - self._peer_keys if k in certs}
+            if added:
+                self.peer_tls.trust(added)
+        removed = self._peer_keys - allowed
+        self._peer_keys = allowed
+        self.mesh.set_peers({k: self._peer_urls.get(k) for k in allowed})
+        self.log.info("peer set changed", peers=len(allowed), removed=[k.hex()[:16] for k in removed])
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -379,9 +431,8 @@ class Node:
                 self._die(f"the checkpoint at height {checkpoint.height} does not match the certified blocks replayed here")
                 return
             self.log.info("caught up", height=self.chain.height)
-            # The chain does not change validators (Chain.validator_set_change): the set
-            # recorded in the installed state is the one this node runs with.
-            sets = ((checkpoint.height, self.chain.validators),)
+            # The replica skipped these heights: the sets it must know are the chain's.
+            sets = self.chain.schedule_pairs(checkpoint.height)
             self._step_guarded(lambda: self.driver.step(StateInstalled(checkpoint, sets)))
         finally:
             self.catching_up = False
@@ -398,15 +449,18 @@ class Node:
 
         before = self.chain.height
         sync = StateSync(self.config.follow.urls, self.store, self.chain_id, self.chain.validators,
-                         protocol=self.protocol, log=self.log)
+                         protocol=self.protocol, log=self.log, validators_at=self.chain.validators_at)
         self.syncing = True
         try:
             result = await sync.sync(min_height)
         finally:
             self.syncing = False
             await sync.close()
-        # Cached committed reads describe the state before the snapshot.
+        # Cached committed reads describe the state before the snapshot; the validator
+        # sets are the ones its records hold.
         self.chain.reads.clear()
+        self.chain.load_schedule()
+        self._update_membership()
         self.last_sync = result
         self._last_block_at = time.monotonic()
         self.node_metrics.height.set(self.chain.height)
@@ -440,6 +494,7 @@ class Node:
             except ChainError as exc:
                 self._die(str(exc))
                 return
+            self._forget_dropped()
             self._proposed = (height + 1, time.monotonic())
             self._step_guarded(lambda: self.driver.step(Propose(batch)))
 
@@ -465,14 +520,26 @@ class Node:
         if not entries:
             return
         batch, _ = self.chain.build([e.tx for e in entries], self.node_key)
+        self._forget_dropped()
         self.log.info("transactions wait and no block commits: offering a block to time the leader",
                       waiting=len(self.mempool), height=self.chain.height)
         self._step_guarded(lambda: self.driver.step(Propose(batch)))
+
+    def _forget_dropped(self) -> None:
+        """Validator-set changes the chain left out of a block can never be included: refuse them."""
+        for tx_id, code, message in self.chain.dropped:
+            if self.mempool.drop(tx_id):
+                self._rejected[tx_id] = (code, message)
+                while len(self._rejected) > RECENT_REJECTIONS:
+                    self._rejected.popitem(last=False)
+                self.waiters.resolve(tx_id, False)
+        self.chain.dropped = []
 
     # ------------------------------------------------------------------ commits
 
     def _committed(self, block, receipts, state_root: bytes) -> None:
         self._last_block_at = time.monotonic()
+        self._update_membership()
         self.mempool.remove_committed(block.tx_ids, block.height)
         for tx_id in block.tx_ids:
             self.waiters.resolve(tx_id, True)
@@ -491,6 +558,13 @@ class Node:
         refusal = market_admission(self.chain.reads, tx, tx.sender_address.raw)
         if refusal is not None:
             raise TxRejected(*refusal)
+        if tx.contract == "system" and tx.function == "reconfigure":
+            from contracts.reconfig import ReconfigError
+
+            try:
+                self.chain.check_reconfigure(self.chain.height + 1, tx)
+            except ReconfigError as exc:
+                raise TxRejected(exc.code, exc.message) from None
 
     def committed_nonce(self, sender_public_key: bytes) -> int:
         from ledger.crypto import Address

@@ -125,8 +125,11 @@ class StateSync:
     """Fetch, verify and install a state snapshot from other nodes' public APIs.
 
     ``validators`` is the set this node trusts for the shard (genesis, or the changes it
-    recorded); ``protocol`` decides the certificate's quorum. Use once per sync, then
-    :meth:`close`.
+    recorded); ``validators_at(height)``, when given, the set it knows in force at a
+    height (``node.chain.Chain.validators_at``), which certifies a snapshot's block. A
+    snapshot above a validator-set change this node has not learned does not verify and
+    is refused: the node then replays blocks, which carry the changes. ``protocol``
+    decides the certificate's quorum. Use once per sync, then :meth:`close`.
     """
 
     def __init__(
@@ -140,9 +143,11 @@ class StateSync:
         page_bytes: int = DEFAULT_PAGE_BYTES,
         timeout_s: float = 30.0,
         log=None,
+        validators_at=None,
     ) -> None:
         if not urls:
             raise SyncError("no API URLs to sync state from (set follow.urls)")
+        self.validators_at = validators_at or (lambda height: validators)
         self.clients = [Client(url, timeout=timeout_s) for url in urls]
         self.store = store
         self.chain_id = chain_id
@@ -329,7 +334,7 @@ class StateSync:
                 raise CertificateError(f"a {cert.protocol} certificate on a {self.protocol} shard")
             if cert.digest == NULL_DIGEST:
                 raise CertificateError("a null-batch certificate does not certify a header")
-            cert.verify(self.chain_id, self.validators, height=height, digest=block.hash)
+            cert.verify(self.chain_id, self.validators_at(height), height=height, digest=block.hash)
             block.check_tx_root()
         except (BlockError, CertificateError) as exc:
             await self._close_session(client, session)
