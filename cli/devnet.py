@@ -5,6 +5,7 @@
     gridledger devnet status
     gridledger devnet logs validator-2 --lines 50
     gridledger devnet down
+    gridledger devnet up --topology genesis/three-levels.toml   # a shard tree (cli/devnet_shards.py)
 
 Everything lives under one directory: development keys (plaintext, marked as such),
 the genesis document, one config, data directory and log file per node, and
@@ -328,10 +329,19 @@ def _with_market(accounts: list[dict], contracts: list[dict], app_state: dict, g
     return entries["contracts"] + contracts, {**entries["app_state"], **app_state}
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before by this process (the OS may give a
+    released port again, and a devnet takes many before any node binds them)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _alive(pid: int) -> bool:
@@ -380,6 +390,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--observers", type=int, default=1)
     up.add_argument("--protocol", choices=("bft", "raft"), default="bft")
     up.add_argument("--shard", default="ch", help="the shard id (chain id)")
+    up.add_argument("--topology", help="a topology document (e.g. genesis/three-levels.toml): one chain per shard, "
+                                       "validators grouped by operator index, an observer per shard, relayers")
+    up.add_argument("--relayers", type=int, default=1, help="with --topology: relayer processes")
     up.add_argument("--fresh", action="store_true", help="delete an existing devnet in --dir first")
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=cmd_up)
@@ -397,12 +410,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     logs.set_defaults(func=cmd_logs)
 
 
+def _is_tree(root: str | Path) -> bool:
+    try:
+        return json.loads((Path(root) / "devnet.json").read_text()).get("kind") == "topology"
+    except (OSError, ValueError):
+        return False
+
+
+def load_any(root: str | Path):
+    """The devnet at ``root``: a :class:`Devnet` or a shard tree (``ShardDevnet``)."""
+    if _is_tree(root):
+        from cli.devnet_shards import ShardDevnet
+
+        return ShardDevnet.load(root)
+    return Devnet.load(root)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if args.fresh and root.exists():
         if (root / "devnet.json").exists():
-            Devnet.load(root).stop()
+            load_any(root).stop()
         shutil.rmtree(root)
+    if args.topology or _is_tree(root):
+        return _up_tree(args, root)
     if (root / "devnet.json").exists():
         net = Devnet.load(root)
     else:
@@ -422,18 +453,52 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up_tree(args: argparse.Namespace, root: Path) -> int:
+    from cli.devnet_shards import ShardDevnet
+    from shards.errors import TopologyError
+
+    if (root / "devnet.json").exists():
+        if not _is_tree(root):
+            print(f"error: the devnet at {root} is a single shard; use --fresh to replace it with a tree", file=sys.stderr)
+            return 2
+        net = ShardDevnet.load(root)
+    else:
+        try:
+            net = ShardDevnet.create(root, args.topology, relayers=args.relayers, observers=args.observers > 0)
+        except (OSError, TopologyError) as exc:
+            print(f"error: topology {args.topology}: {exc}", file=sys.stderr)
+            return 2
+    net.start()
+    net.wait_ready()
+    if args.json:
+        print(json.dumps({"dir": str(root), "shards": net.shards, "nodes": [asdict(n) | {"url": n.url} for n in net.nodes],
+                          "processes": [asdict(p) for p in net.processes]}))
+    else:
+        print(f"devnet of {len(net.shards)} shards is up in {root}:")
+        for process in net.processes:
+            served = [n.shard for n in net.nodes if n.process == process.name]
+            what = f"relayer, metrics on http://127.0.0.1:{process.http_port}" if process.kind == "relayer" else ", ".join(served)
+            print(f"  {process.name:<12} pid {process.pid:<8} {what}")
+        for shard in net.shards:
+            print(f"  {shard:<22} {net.url(shard)}")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
-    net = Devnet.load(args.dir)
+    net = load_any(args.dir)
     net.stop()
     print(f"devnet in {args.dir} stopped (data kept; `gridledger devnet up --dir {args.dir}` restarts it)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = Devnet.load(args.dir).status()
+    net = load_any(args.dir)
+    rows = net.status()
     if args.json:
         print(json.dumps(rows))
         return 0
+    if not isinstance(net, Devnet):
+        return _status_tree(rows)
     healthy = True
     for row in rows:
         if not row.get("running") or row.get("reachable") is False:
@@ -446,8 +511,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def _status_tree(rows: list[dict]) -> int:
+    healthy = True
+    for row in rows:
+        name = f"{row['shard']:<22} {row['process']:<12} {row['role']:<9}"
+        if not row.get("running") or row.get("reachable") is False:
+            healthy = False
+            print(f"  {name} DOWN")
+        elif row["role"] == "relayer":
+            print(f"  {name} {row.get('status')}, {row.get('packets')} packets delivered")
+        else:
+            extra = f"view {row['view']}" if row.get("view") is not None else (f"term {row['term']}" if row.get("term") is not None else "")
+            lead = " (leader)" if row.get("is_leader") else ""
+            print(f"  {name} height {row.get('height'):<7} {extra}{lead}")
+    return 0 if healthy else 1
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
-    net = Devnet.load(args.dir)
+    net = load_any(args.dir)
+    if not isinstance(net, Devnet):
+        processes = [net.process(args.name)] if args.name else net.processes
+        for process in processes:
+            path = net.log_file(process)
+            for line in (path.read_text(errors="replace").splitlines()[-args.lines:] if path.exists() else []):
+                print(f"{process.name}: {line}")
+        return 0
     nodes = [net.node(args.name)] if args.name else net.nodes
     for node in nodes:
         path = net.log_file(node)

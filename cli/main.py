@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from cli import client_cmds, demo, devnet, genesis_cmd, keys, node_cmd
+from cli import client_cmds, demo, devnet, genesis_cmd, keys, node_cmd, relay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     genesis_cmd.add_parser(sub)
     client_cmds.add_parsers(sub)
     demo.add_parser(sub)
+    relay.add_parser(sub)
     _meter_parser(sub)
     return parser
 

@@ -25,6 +25,7 @@ from node.api_json import (
     json_response,
     malformed,
     parse_bool,
+    parse_hex,
     parse_int,
     parse_key_part,
     to_json,
@@ -33,9 +34,12 @@ from node.api_json import (
 if TYPE_CHECKING:
     from node.api import NodeView
 
-__all__ = ["MAX_KEY_PARTS", "ReadHandlers"]
+__all__ = ["MAX_KEY_PARTS", "MAX_PROOF_KEYS", "ReadHandlers"]
 
 MAX_KEY_PARTS = 16
+# Keys per batch proof: a relayer proves at most 64 packets plus a few validator-set
+# records under one header; 128 leaves room and bounds the answer (~1.5 MB of proofs).
+MAX_PROOF_KEYS = 128
 # Headers of committed blocks never change; a state read with proof needs the header
 # at the read height, which is nearly always one of the last few.
 HEADER_CACHE = 512
@@ -155,6 +159,36 @@ class ReadHandlers:
             )
         return json_response(body)
 
+    async def prove_states(self, request: web.Request) -> web.Response:
+        """Several state keys proven under one certified header (a relayer's packets and
+        validator-set records must all verify against the same state root)."""
+        body = await self._json_body(request)
+        if type(body) is not dict or type(body.get("keys")) is not list:
+            raise bad_request('the body must be {"keys": ["<hex of a state key>", ...]}')
+        if not 1 <= len(body["keys"]) <= MAX_PROOF_KEYS:
+            raise bad_request(f"between 1 and {MAX_PROOF_KEYS} keys, got {len(body['keys'])}")
+        keys = [parse_hex(k, f"keys[{i}]", max_bytes=MAX_KEY_SIZE) for i, k in enumerate(body["keys"])]
+        store = self.node.store
+        # Commits run on this event loop and nothing here awaits, so every proof comes from
+        # the same committed state; the check below says so rather than assuming it.
+        proven = [store.prove(key) for key in keys]
+        if len({(p.height, p.state_root) for p in proven}) != 1:
+            raise api_error("unavailable", "a block committed while the proofs were read; retry")
+        height, root = proven[0].height, proven[0].state_root
+        if height is None:
+            raise api_error("not_ready", "no block is committed yet, so no state can be proven")
+        header, header_raw, cert = self._certified_header(height, root)
+        return json_response({
+            "height": to_json(height),
+            "state_root": root.hex(),
+            "values": [{"key_hex": p.key.hex(), "found": p.value is not None,
+                        "value_hex": None if p.value is None else p.value.hex(), "proof": p.proof.hex()} for p in proven],
+            "header": header_json(header),
+            "header_hex": header_raw.hex(),
+            "certificate": certificate_json(cert),
+            "certificate_hex": cert.encode().hex(),
+        })
+
     async def get_account(self, request: web.Request) -> web.Response:
         text = request.match_info["address"]
         if re.fullmatch(r"[0-9a-fA-F]{40}", text):
@@ -181,7 +215,29 @@ class ReadHandlers:
         return json_response(to_json(body))
 
     async def get_shards(self, request: web.Request) -> web.Response:
-        return json_response({"shards": to_json(self.node.shards())})
+        shards = [dict(entry) for entry in self.node.shards()]
+        body: dict = {"shards": shards}
+        # A shard of a tree lists the whole topology from its genesis (heights only for
+        # the shards this process serves), so a relayer or a wallet finds the tree.
+        text = getattr(getattr(self.node, "genesis", None), "topology", None)
+        if text:
+            from shards.topology import Topology, parent_of
+
+            topology = Topology.from_toml(text)
+            here = self.node.chain_id
+            served = {entry["shard"] for entry in shards}
+            for spec in topology.shards:
+                if spec.id not in served:
+                    shards.append({"shard": spec.id, "height": None, "certified_height": None,
+                                   "protocol": spec.protocol, "validators": spec.validators})
+            for entry in shards:
+                shard = entry["shard"]
+                entry["parent"] = parent_of(shard)
+                entry["label"] = topology.shard(shard).label if shard in topology else ""
+                entry["relation"] = ("self" if shard == here else "parent" if shard == parent_of(here)
+                                     else "child" if parent_of(shard) == here else "other")
+            body["topology_hash"] = topology.hash.hex()
+        return json_response(to_json(body))
 
     async def get_validators(self, request: web.Request) -> web.Response:
         vset = self.node.validators

@@ -37,6 +37,16 @@ so the same image runs on a laptop devnet and in a container.
     level = "info"
 
 A bad file raises :class:`ConfigError` naming the field and what is allowed.
+
+**Several shards in one process.** A grid operator that validates at several levels (a
+distribution area and its local communities) runs one process with one config per shard:
+
+    gridledger node run --config ch-zurich.toml --config ch-zurich-oerlikon.toml
+
+Each file is a complete node config as above, for one shard: its own ``data_dir`` (store
+and consensus records), genesis, key file, API port and peer port. :func:`load_many`
+loads them all, prefixing every error with the file it comes from, and refuses two
+files sharing a data directory or a port. Environment overrides apply to every file.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ApiConfig", "ConfigError", "FollowConfig", "LogConfig", "MempoolConfig", "NodeConfig", "PeerConfig", "StoreConfig"]
+__all__ = ["ApiConfig", "ConfigError", "load_many", "FollowConfig", "LogConfig", "MempoolConfig", "NodeConfig", "PeerConfig", "StoreConfig"]
 
 
 class ConfigError(ValueError):
@@ -244,3 +254,35 @@ def _parse_env(text: str, current: Any, env: str) -> Any:
             raise ConfigError(f"{env} must be key=value pairs separated by commas")
         return dict(pairs)
     return text
+
+
+def load_many(paths: list[str | Path], environ: dict[str, str] | None = None) -> list[NodeConfig]:
+    """Load one config per shard for a multi-shard process (see the module docstring).
+
+    Raises :class:`ConfigError` whose message starts with the offending file; two configs
+    sharing a data directory, an API port or a peer port are refused, naming both files.
+    """
+    if not paths:
+        raise ConfigError("at least one node config is needed (--config node.toml)")
+    configs: list[NodeConfig] = []
+    for path in paths:
+        try:
+            configs.append(NodeConfig.load(path, environ))
+        except ConfigError as exc:
+            text = str(exc)
+            raise ConfigError(text if str(path) in text else f"{path}: {text}") from None
+    if len(configs) > 1:
+        seen: dict[tuple[str, Any], str] = {}
+        for path, config in zip(paths, configs, strict=True):
+            claims = [("data_dir", os.path.realpath(config.data_dir))]
+            if config.api.port:
+                claims.append(("api.port", (config.api.host, config.api.port)))
+            if config.role == "validator" and config.peer.port:
+                claims.append(("peer.port", (config.peer.host, config.peer.port)))
+            for claim in claims:
+                if claim in seen:
+                    value = claim[1] if claim[0] == "data_dir" else claim[1][1]
+                    raise ConfigError(f"{path}: {claim[0]} {value} is already used by {seen[claim]}; "
+                                      "each shard of a process needs its own")
+                seen[claim] = str(path)
+    return configs

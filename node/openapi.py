@@ -193,6 +193,20 @@ SCHEMAS: dict[str, dict] = {
         certificate=_ref("CommitCertificate"),
         certificate_hex={**HEX, "description": "proof=1: the canonical commit certificate of that block"},
     ),
+    "ProofRequest": _obj(("keys",), keys={"type": "array", "items": HEX, "minItems": 1, "maxItems": 128,
+                                          "description": "state keys (ledger.statekeys.state_key) in hex"}),
+    "StateProofs": _obj(
+        ("height", "state_root", "values", "header", "header_hex", "certificate", "certificate_hex"),
+        height=HEIGHT,
+        state_root=HASH,
+        values={"type": "array", "description": "one per requested key, in order", "items": _obj(
+            ("key_hex", "found", "value_hex", "proof"), key_hex=HEX, found={"type": "boolean"},
+            value_hex=_nullable(HEX), proof={**HEX, "description": "the state proof of value_hex (or its absence) under state_root"})},
+        header=_ref("BlockHeader"),
+        header_hex={**HEX, "description": "the canonical header whose state_root every proof is checked against"},
+        certificate=_ref("CommitCertificate"),
+        certificate_hex={**HEX, "description": "the canonical commit certificate of that header"},
+    ),
     "Account": _obj(
         ("address", "nonce"),
         address={"type": "string", "description": "grid1... text form"},
@@ -216,7 +230,12 @@ SCHEMAS: dict[str, dict] = {
         catching_up={"type": "boolean"},
     ),
     "Shards": _obj(("shards",), shards={"type": "array", "items": _obj(
-        ("shard",), shard={"type": "string"}, height=_nullable(HEIGHT), certified_height=_nullable(HEIGHT))}),
+        ("shard",), shard={"type": "string"}, height=_nullable(HEIGHT), certified_height=_nullable(HEIGHT),
+        protocol={"enum": ["bft", "raft"]}, validators={"type": "integer"},
+        parent=_nullable({"type": "string"}) | {"description": "shards of a tree: the parent shard (null for the root)"},
+        label={"type": "string"},
+        relation={"enum": ["self", "parent", "child", "other"], "description": "shards of a tree: to the shard serving"})},
+        topology_hash={**HASH, "description": "shards of a tree: the topology's hash, named by every shard's genesis"}),
     "Validators": _obj(
         ("shard", "protocol", "hash", "validators", "validators_hex"),
         shard={"type": "string"},
@@ -305,6 +324,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=("malformed", "bad_request", "not_ready", "not_certified"),
     ),
     Endpoint(
+        "POST", "/v1/state/proofs", "prove_states", "Several state keys proven under one header",
+        "Up to 128 state keys (hex of ledger.statekeys.state_key), each value (or its absence) with its proof, all "
+        "from one committed state, with that block's header and commit certificate. A relayer proves a "
+        "channel's packets and the shard's validator-set records this way: a delivery carries one header.",
+        ((200, "the values and proofs, in the order asked", "StateProofs"),),
+        body="ProofRequest", errors=("malformed", "bad_request", "too_large", "timeout", "not_ready", "not_certified", "unavailable"),
+    ),
+    Endpoint(
         "GET", "/v1/accounts/{address}", "get_account", "An account's next nonce and roles",
         "The address is the grid1... text form (40 hex digits of the raw address are accepted too).",
         ((200, "the account", "Account"),),
@@ -335,7 +362,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "GET", "/v1/shards", "get_shards", "The shards this node knows",
-        "The shard tree this node knows, with each shard's latest certified height.",
+        "The shard tree this node knows, with each shard's latest certified height. A shard of a tree lists "
+        "every shard of its genesis topology (heights only for the one served here), its parent and its relation "
+        "to this shard, and the topology's hash.",
         ((200, "the shards", "Shards"),),
     ),
     Endpoint(
