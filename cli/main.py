@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from cli import client_cmds, demo, devnet, genesis_cmd, keys, node_cmd, relay
+from cli import client_cmds, demo, devnet, genesis_cmd, keys, node_cmd, relay, validators
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmds.add_parsers(sub)
     demo.add_parser(sub)
     relay.add_parser(sub)
+    validators.add_parser(sub)
     _meter_parser(sub)
     return parser
 

@@ -68,6 +68,10 @@ class ReadHandlers:
         store = self.node.store
         raw = store.block(height)
         if raw is None:
+            base = store.base_height
+            if base is not None and height < base:
+                raise api_error("not_found", f"no block at height {height} here: this node's store starts at height {base} "
+                                "(installed from a certified state snapshot); ask a node that holds the full history")
             raise api_error("not_found", f"no block at height {height}; the chain is at {store.height}")
         block = Block.decode(raw)
         cert_raw = store.certificate(height)
@@ -109,7 +113,9 @@ class ReadHandlers:
         prove the same root.
         """
         store = self.node.store
-        for h in range(height, max(-1, height - NULL_LOOKBACK - 1), -1):
+        # A store started from a snapshot holds no block below its base to look back to.
+        lowest = store.base_height or 0
+        for h in range(height, max(lowest - 1, height - NULL_LOOKBACK - 1), -1):
             header, header_raw = self._header(h)
             if header.state_root != state_root:
                 break
@@ -241,16 +247,25 @@ class ReadHandlers:
 
     async def get_validators(self, request: web.Request) -> web.Response:
         vset = self.node.validators
+        chain = self.node.chain
+
+        def members(validators) -> list[dict]:
+            return [{"node_key": v.node_key, "bls_key": v.bls_key, "bls_pop": v.bls_pop, "name": v.name} for v in validators]
+
         return json_response(
             to_json(
                 {
                     "shard": self.node.chain_id,
                     "protocol": self.node.protocol,
                     "hash": vset.hash,
-                    "validators": [
-                        {"node_key": v.node_key, "bls_key": v.bls_key, "bls_pop": v.bls_pop, "name": v.name} for v in vset
-                    ],
+                    "validators": members(vset),
                     "validators_hex": codec.encode(vset.to_fields()),
+                    "epoch": chain.latest_epoch.number,
+                    "scheduled": [
+                        {"epoch": e.number, "effective_after": e.after, "hash": e.validators.hash,
+                         "validators": members(e.validators)}
+                        for e in chain.scheduled()
+                    ],
                 }
             )
         )

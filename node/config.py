@@ -23,7 +23,8 @@ so the same image runs on a laptop devnet and in a container.
     peers = { "<node key hex>" = "wss://10.0.0.2:9080/peer/v1" }
 
     [follow]                           # observers: validators' public APIs to follow
-    urls = ["http://127.0.0.1:8080"]
+    urls = ["http://127.0.0.1:8080"]   # validators also catch up from these
+    sync_threshold = 1000              # blocks behind beyond which a state snapshot is installed (0: never)
 
     [store]
     map_size = 4294967296              # LMDB map size in bytes; grow it when the store says so
@@ -90,6 +91,10 @@ class PeerConfig:
 class FollowConfig:
     urls: list[str] = field(default_factory=list)
     poll_ms: int = 200
+    # More than this many blocks behind its sources, a node installs a certified state
+    # snapshot instead of replaying the blocks (node/sync.py); 0: always replay (an
+    # observer that must serve the whole history of blocks sets 0).
+    sync_threshold: int = 1000
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,11 @@ SCHEMAS: dict[str, dict] = {
         validators={"type": "array", "items": _obj(("node_key", "bls_key", "bls_pop", "name"),
                                                     node_key=HEX, bls_key=HEX, bls_pop=HEX, name={"type": "string"})},
         validators_hex={**HEX, "description": "the canonical encoding of the set (its hash is validator_set_hash)"},
+        epoch={"type": "integer", "description": "the latest validator-set change decided (0: genesis)"},
+        scheduled={"type": "array", "description": "changes decided but not yet in force",
+                   "items": _obj(("epoch", "effective_after", "hash", "validators"), epoch={"type": "integer"},
+                                 effective_after=HEIGHT, hash=HASH,
+                                 validators={"type": "array", "items": {"type": "object"}})},
     ),
     "EventMessage": _obj(
         ("height", "tx_index", "tx_id", "contract", "name", "fields", "event_hex"),

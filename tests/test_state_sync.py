@@ -520,6 +520,11 @@ def test_devnet_validator_and_new_observer_sync_by_snapshot_then_follow_and_vote
             assert st["state_sync"]["keys"] > 0 and st["base_height"] > start + 100
             st = await status(late)
             assert st["base_height"] > start + 64
+            # History below the snapshot is not held here, and the answer says so.
+            async with api(observer) as c:
+                with pytest.raises(ApiError) as missing:
+                    await c.block(start + 50)
+            assert missing.value.code == "not_found" and "state snapshot" in missing.value.message
 
         asyncio.run(synced())
         check_alive(net)
