@@ -22,12 +22,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	@GRIDLEDGER_REQUIRE_FAST_BLS=1 $(PY) -m pytest
 
-# Long runs outside the test budget: simulator sweeps and the 50-cycle SIGKILL soak.
+# Long runs outside the test budget: simulator sweeps, the 50-cycle SIGKILL soak and the
+# full shard tree.
 soak: $(STAMP)
 	@$(PY) -m consensus.sim --protocol bft --seeds 20000 --jobs 2
 	@$(PY) -m consensus.sim --protocol raft --seeds 20000 --jobs 2
 	@$(PY) -m shards.sim --seeds 1000
 	@$(PY) tests/soak_crash.py --cycles 50
+	@GRIDLEDGER_SHARDS_DEVNET_FULL=1 $(PY) -m pytest tests/test_shards_devnet.py
 
 lint: $(STAMP)
 	@$(PY) -m pip install --quiet ruff
