@@ -247,7 +247,11 @@ class ReadHandlers:
 
     async def get_validators(self, request: web.Request) -> web.Response:
         vset = self.node.validators
-        chain = self.node.chain
+        # Decided changes live in the chain's schedule; a node without a chain (a test
+        # double of the API's node) has made none.
+        chain = getattr(self.node, "chain", None)
+        latest = chain.latest_epoch.number if chain is not None else 0
+        scheduled = chain.scheduled() if chain is not None else []
 
         def members(validators) -> list[dict]:
             return [{"node_key": v.node_key, "bls_key": v.bls_key, "bls_pop": v.bls_pop, "name": v.name} for v in validators]
@@ -260,11 +264,11 @@ class ReadHandlers:
                     "hash": vset.hash,
                     "validators": members(vset),
                     "validators_hex": codec.encode(vset.to_fields()),
-                    "epoch": chain.latest_epoch.number,
+                    "epoch": latest,
                     "scheduled": [
                         {"epoch": e.number, "effective_after": e.after, "hash": e.validators.hash,
                          "validators": members(e.validators)}
-                        for e in chain.scheduled()
+                        for e in scheduled
                     ],
                 }
             )
