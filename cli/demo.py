@@ -16,11 +16,23 @@ Everything runs as real processes on loopback under a temporary directory (or
 ``--dir``), and is stopped at the end (``--keep`` leaves it running). Time is real:
 the elementary period is ``--period`` seconds (default 4), so the story takes about
 a minute.
+
+Then the grid at three levels (``cli.shards_story``): the seven shards of
+``genesis/three-levels.toml`` start as their own chains, with a relayer carrying packets
+between neighbours and the regulator's observer of every shard. A consumer in Oerlikon
+buys a producer's energy in Breitenrain across five shards and four bridges: the quote,
+the flow locked, reserved and committed hop by hop, a purchase over a bridge's capacity
+refused, the meters' readings reconciled in each shard, each level's grid fee collected
+at settlement, and every figure read back and verified from the observers. About two
+minutes more; ``--part market`` or ``--part tree`` tells one half only. The tree runs
+the topology's own validator counts (26 validators in 4 processes);
+``--tree-validators N`` gives every shard N instead (1 is lighter on a small machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import signal
 import sys
@@ -28,7 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.shards import TreeError
 from cli.devnet import Devnet
+from cli.devnet_shards import ShardDevnet
 from cli.market_story import (
     ACCOUNTS,
     CURRENCY,
@@ -38,8 +52,11 @@ from cli.market_story import (
     chf,
     create_market_devnet,
 )
+from cli.shards_story import TreeStory, create_demo_tree
+from ledger.client import ProofError
 from ledger.genesis import Genesis
 from ledger.httpclient import ApiError, SyncClient
+from shards.errors import BridgeError
 
 # MARKET.md section 13's final balances; the demo's keys sort like the names, so it must end with them.
 DOCUMENTED = {
@@ -54,6 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--dir", help="devnet directory (default: a temporary one, removed at the end)")
     demo.add_argument("--keep", action="store_true", help="leave the devnet running at the end")
     demo.add_argument("--period", type=int, default=4, help="elementary period in seconds (default 4)")
+    demo.add_argument("--part", choices=("all", "market", "tree"), default="all",
+                      help="market: the one-shard market day; tree: the three-level tree; all: both (default)")
+    demo.add_argument("--tree-validators", type=int, default=0,
+                      help="validators per shard of the tree (default 0: the topology's own counts, 26 in all)")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -63,28 +84,77 @@ def say(text: str = "") -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="gridledger-demo-"))
+    if (root / "tree" / "devnet.json").exists():
+        ShardDevnet.load(root / "tree").stop()
     if (root / "devnet.json").exists():
         Devnet.load(root).stop()
+    if (root / "devnet.json").exists() or (root / "tree" / "devnet.json").exists():
         shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    section = 1
+    if args.part in ("all", "market"):
+        rc, section = _market(root, args)
+        if rc != 0:
+            return rc
+    if args.part in ("all", "tree"):
+        rc = _tree(root, args, section)
+        if rc != 0:
+            return rc
+    say(f"\nThe demo took {time.monotonic() - started:.0f} s.")
+    if args.keep:
+        say(f"Everything keeps running in {root}: `gridledger devnet status --dir {root}`"
+            + (f" and `--dir {root / 'tree'}`" if args.part == "all" else ""))
+    elif not args.dir:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def _market(root: Path, args: argparse.Namespace) -> tuple[int, int]:
+    """The one-shard market day and the leader's crash; returns (exit code, next section)."""
     say("gridledger demo: one day of the energy market on a shard of the Swiss grid, run by four grid operators\n")
     net = create_market_devnet(root, period_s=args.period, validators=4, observers=1, protocol="bft",
                                chain_id="ch/demo", documented_order=True)
     genesis = Genesis.load(root / "genesis.json")
     try:
-        return _story(net, genesis, keep=args.keep)
+        return 0, _story(net, genesis)
     except (ApiError, StoryError, SystemExit) as exc:
         say(f"\nthe demo stopped: {exc}")
         say(f"node logs are in {root}/nodes/*/node.log")
+        return 1, 0
+    finally:
+        if not args.keep:
+            net.stop()
+
+
+def _tree(root: Path, args: argparse.Namespace, section: int) -> int:
+    """The three-level tree: a purchase across five shards, delivered, reconciled, settled
+    and read back by the regulator."""
+    validators = None if args.tree_validators == 0 else args.tree_validators
+    if args.part == "tree":
+        say("gridledger demo: the energy market across the three levels of the Swiss grid, one chain per shard")
+    say(f"\n{section}. The grid at three levels: every shard of genesis/three-levels.toml starts as its own chain")
+    net = create_demo_tree(root / "tree", validators=validators)
+    try:
+        began = time.monotonic()
+        net.start()
+        net.wait_ready(timeout_s=300)
+        nodes = net.nodes
+        say(f"   {sum(n.role == 'validator' for n in nodes)} validators and {sum(n.role == 'observer' for n in nodes)} "
+            f"observers of {len(net.shards)} shards in {len(net.processes)} processes are up after "
+            f"{time.monotonic() - began:.0f} s ({net.root})")
+        asyncio.run(TreeStory(net, say=say, first_section=section + 1).run())
+        return 0
+    except (ApiError, StoryError, TreeError, BridgeError, ProofError, SystemExit) as exc:
+        say(f"\nthe demo stopped: {exc}")
+        say(f"process logs are in {net.root}/processes/*/process.log")
         return 1
     finally:
         if not args.keep:
             net.stop()
-            if not args.dir:
-                shutil.rmtree(root, ignore_errors=True)
 
 
-def _story(net: Devnet, genesis: Genesis, *, keep: bool) -> int:
-    started = time.monotonic()
+def _story(net: Devnet, genesis: Genesis) -> int:
     vset = genesis.validators
     say(f"1. Keys and genesis ({net.root})")
     for v in vset:
@@ -138,12 +208,7 @@ def _story(net: Devnet, genesis: Genesis, *, keep: bool) -> int:
                 roots.add(c.block(common).header.state_root)
         say(f"   at height {common} all {len(net.nodes)} nodes have the state root {roots.pop().hex()[:16]}..."
             if len(roots) == 1 else f"   DIVERGENCE at height {common}: {len(roots)} different roots")
-    say(f"\nThe demo took {time.monotonic() - started:.0f} s.")
-    if keep:
-        say(f"The devnet keeps running in {net.root}: `gridledger devnet status --dir {net.root}`")
-    else:
-        say("Stopping the devnet.")
-    return 0
+        return story.section
 
 
 def _height(net: Devnet, node) -> int:
