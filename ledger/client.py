@@ -95,13 +95,17 @@ class StateRead:
         return None if self.value is None else codec.decode(self.value, allow_maps=True)
 
 
-def verify_read(read: StateRead, validators: ValidatorSet, *, protocol: str = "bft") -> Any:
+def verify_read(read: StateRead, validators: ValidatorSet, *, protocol: str = "bft", chain_id: str | None = None) -> Any:
     """Check certificate, header and proof; return the decoded value (``None`` if proven absent).
 
-    Raises :class:`ProofError` saying which of the three checks failed.
+    ``chain_id``, when given, is the shard the reader asked: a header of another shard is
+    refused even if the same keys validate both (operators may reuse keys across shards).
+    Raises :class:`ProofError` saying which of the checks failed.
     """
     from ledger.state import verify_proof
 
+    if chain_id is not None and read.header.chain_id != chain_id:
+        raise ProofError(f"the header is of shard {read.header.chain_id!r}, not of {chain_id!r}")
     chain_id = read.header.chain_id
     if read.header.validator_set_hash != validators.hash:
         raise ProofError("the header was certified by a different validator set than the one given")

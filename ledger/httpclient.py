@@ -382,15 +382,17 @@ class Client:
         *,
         verify_with: ValidatorSet | None = None,
         protocol: str = "bft",
+        chain_id: str | None = None,
     ) -> Any:
         """The decoded value of ``contract.name[parts...]`` (None when absent).
 
         With ``verify_with`` (the shard's validator set, as the caller trusts it) the value
         is returned only once proof, header and certificate verify; :class:`ProofError` otherwise.
+        ``chain_id`` also requires the header to be of that shard.
         """
         if verify_with is not None:
             read = await self.read_state(contract, name, parts)
-            return verify_read(read, verify_with, protocol=protocol)
+            return verify_read(read, verify_with, protocol=protocol, chain_id=chain_id)
         params = [("key", encode_key_part(p)) for p in parts]
         body = await self._get(f"/v1/state/{quote(contract, safe='')}/{quote(name, safe='')}", params)
         value_hex = body.get("value_hex") if isinstance(body, dict) else None

@@ -301,6 +301,10 @@ def test_state_read_with_proof_verifies_against_certified_root(node):
             other = ValidatorSet(VALIDATORS.validators[:3])
             with pytest.raises(ProofError):
                 verify_read(read, other)
+            # the shard asked for is checked: keys reused on another shard prove nothing here
+            assert verify_read(read, VALIDATORS, chain_id=CHAIN) == [BIG, -BIG, (1 << 64) - 1, 5]
+            with pytest.raises(ProofError, match="not of 'ch/elsewhere'"):
+                verify_read(read, VALIDATORS, chain_id="ch/elsewhere")
 
     run(body())
 
