@@ -251,6 +251,8 @@ def test_a_side_sold_across_a_bridge_is_not_tradable_not_reconciled_and_reverts_
     assert chain.view("energy_tokens", "point_position", FIRST, bridge) == 0  # not reconciled
     assert chain.view("energy_tokens", "net_position", bridge, FIRST) == 0  # no participant's position
     assert chain.view("energy_tokens", "net_position", chain.addr("producer"), FIRST) == -ENERGY
+    # its face value is 0 (the price travels with the flow): it must not pull the VWAP to 0
+    assert chain.view("energy_tokens", "vwap_acc", FIRST) in ([], [0, 0])
     assert chain.view("energy_tokens", "offers")["offers"] == []
     assert chain.fails("producer", "energy_tokens", "propose_withdrawal", serial) == "not_tradable"
     assert chain.fails("producer", "energy_tokens", "withdraw_unilateral", serial, "producer") == "not_tradable"
