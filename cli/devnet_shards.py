@@ -428,6 +428,9 @@ def _market(accounts: list[dict], genesis_time: int, period: int, currency: str,
     special = ("deployer", "grid_operator", "bank", "co2_authority")
     members = [(a["address"], [r for r in a["roles"] if r not in special]) for a in accounts
                if not set(a["roles"]) & set(special)]
+    # A member needs a role (membership refuses none): an account without one is a plain
+    # key holder, as on the single-shard devnet.
+    members = [(address, roles) for address, roles in members if roles]
     entries = market_genesis(first("grid_operator"), first("grid_operator"), [CurrencySpec(currency, first("bank"))],
                              genesis_time, members=members, params={"period_s": period, **(market_params or {})})
     return entries["contracts"], entries["app_state"]
