@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 _sha256 = hashlib.sha256
+_from_bytes = int.from_bytes
 
 CHUNK_BITS = 8
 SLOT0 = 1 << CHUNK_BITS  # first position of a chunk's bottom row
@@ -146,10 +147,6 @@ U32: list[struct.Struct] = [struct.Struct(f"<{n}I") for n in range(2 * SLOT0 + 1
 KV = U32[2]
 
 
-def _bits(b: int) -> bytes:
-    return b.to_bytes((b.bit_length() + 7) >> 3, "little")
-
-
 def encode_chunk(c: Chunk, compact: bool = False) -> bytes:
     """The canonical record of a chunk.
 
@@ -158,16 +155,19 @@ def encode_chunk(c: Chunk, compact: bool = False) -> bytes:
     Half the bytes, for the chunks nearly every block rewrites and which are read once
     per process (they stay decoded); other chunks are encoded in full either way.
     """
-    eb = _bits(c.eb)
-    lb = _bits(c.lb)
-    xb = _bits(c.xb)
-    if compact and c.eb == FULL and not c.lb:
+    eb = c.eb
+    lb = c.lb
+    xb = c.xb
+    e = eb.to_bytes((eb.bit_length() + 7) >> 3, "little")
+    lo = lb.to_bytes((lb.bit_length() + 7) >> 3, "little")
+    x = xb.to_bytes((xb.bit_length() + 7) >> 3, "little") if xb else b""
+    if compact and eb == FULL and not lb:
         # The bottom row is the last 256 slots; nothing else is stored.
         return b"".join(
-            (_COMPACT_BYTE[len(eb)], eb, _LEN_BYTE[len(lb)], lb, _LEN_BYTE[len(xb)], xb,
+            (_COMPACT_BYTE[len(e)], e, _LEN_BYTE[len(lo)], lo, _LEN_BYTE[len(x)], x,
              memoryview(c.b)[(SLOT0 - 1) << 5 :])
         )
-    return b"".join((_LEN_BYTE[len(eb)], eb, _LEN_BYTE[len(lb)], lb, _LEN_BYTE[len(xb)], xb, c.b))
+    return b"".join((_LEN_BYTE[len(e)], e, _LEN_BYTE[len(lo)], lo, _LEN_BYTE[len(x)], x, c.b))
 
 
 def encoded_size(c: Chunk, compact: bool = False) -> int:
@@ -185,18 +185,29 @@ def encoded_size(c: Chunk, compact: bool = False) -> int:
 
 
 def decode_chunk(raw: bytes) -> Chunk:
-    """A chunk from its record (trusted: the store wrote it), compact or not."""
-    o = (raw[0] & 0x7F) + 1
-    eb = int.from_bytes(raw[1:o], "little")
-    e = o + raw[o] + 1
-    lb = int.from_bytes(raw[o + 1 : e], "little")
-    x = e + raw[e] + 1
-    xb = int.from_bytes(raw[e + 1 : x], "little") if x > e + 1 else 0
-    if not raw[0] & 0x80:
-        return Chunk(eb, lb, xb, eb.bit_count(), lb.bit_count(), bytearray(memoryview(raw)[x:]))
+    """A chunk from its record (trusted: the store wrote it), compact or not.
+
+    One copy of the whole record (``raw`` may be a buffer into the database), the header
+    parsed from the copy and then dropped from its front (a bytearray drops a prefix by
+    moving its start, without copying), rather than a slice of the buffer per field.
+    Measured on bottom chunks at 10^6 keys: ~1.4 µs against ~2.8 µs on records already
+    in the CPU cache; straight out of the database (the batch's case) the copy of the
+    record from the map dominates, and get + decode go from ~4.2 to ~3.9 µs.
+    """
+    b = bytearray(raw)
+    n0 = b[0]
+    o = (n0 & 0x7F) + 1
+    e = o + b[o] + 1
+    x = e + b[e] + 1
+    eb = _from_bytes(b[1:o], "little")
+    lb = _from_bytes(b[o + 1 : e], "little")
+    xb = _from_bytes(b[e + 1 : x], "little") if x > e + 1 else 0
+    del b[:x]
+    if not n0 & 0x80:
+        return Chunk(eb, lb, xb, eb.bit_count(), lb.bit_count(), b)
     # Compact: a full chunk without leaves, of which only the bottom row is stored.
     body = bytearray((SLOT0 - 1) << 5)
-    body += memoryview(raw)[x:]
+    body += b
     sha = _sha256
     prefix = NODE_PREFIX
     for a in range(SLOT0 - 1, 0, -1):

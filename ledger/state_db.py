@@ -315,6 +315,7 @@ class StateDB:
         tree = self._tree
         small = self._small
         get = txn.get
+        top = CACHE_CHUNK_DEPTH
 
         def load(ckey: bytes) -> Chunk | None:
             for chunks in layers:
@@ -324,10 +325,12 @@ class StateDB:
                         return None
                     origin[ckey] = encoded_size(chunk, ckey[-1] <= CACHE_CHUNK_DEPTH) >= big
                     return copy_chunk(chunk)
-            chunk = cache.get(ckey)
-            if chunk is not None:
-                origin[ckey] = encoded_size(chunk, True) >= big
-                return copy_chunk(chunk)
+            depth = ckey[-1]
+            if depth <= top:
+                chunk = cache.get(ckey)
+                if chunk is not None:
+                    origin[ckey] = encoded_size(chunk, True) >= big
+                    return copy_chunk(chunk)
             raw = get(ckey, db=tree)
             if raw is not None:
                 origin[ckey] = True
@@ -337,7 +340,7 @@ class StateDB:
                     return None
                 origin[ckey] = False
             chunk = decode_chunk(raw)
-            if fill and ckey[-1] <= CACHE_CHUNK_DEPTH:
+            if fill and depth <= top:
                 cache[ckey] = chunk
                 return copy_chunk(chunk)
             return chunk
@@ -358,14 +361,27 @@ class StateDB:
         delete = txn.delete
         big_records = []
         small_records = []
+        # encoded_size(chunk) inlined for the chunks below the top (once per chunk of the
+        # block): the 3 length bytes, the bitmaps and the body.
+        limit = self._big - 3
+        top = CACHE_CHUNK_DEPTH
         for ckey, chunk in chunks.items():
             was = origin.get(ckey)
             if chunk is None:
                 if was is not None:
                     delete(ckey, db=tree if was else small)
                 continue
-            compact = ckey[-1] <= CACHE_CHUNK_DEPTH
-            big = encoded_size(chunk, compact) >= self._big
+            if ckey[-1] <= top:
+                compact = True
+                big = encoded_size(chunk, True) >= self._big
+            else:
+                compact = False
+                big = (
+                    len(chunk.b)
+                    + ((chunk.eb.bit_length() + 7) >> 3)
+                    + ((chunk.lb.bit_length() + 7) >> 3)
+                    + ((chunk.xb.bit_length() + 7) >> 3)
+                ) >= limit
             (big_records if big else small_records).append((ckey, chunk, compact))
             if was is not None and was != big:
                 delete(ckey, db=tree if was else small)
@@ -420,8 +436,9 @@ def ops_of(writes: Mapping[bytes, bytes | None]) -> tuple[list[tuple], dict[byte
     sha = _sha256
     tag = _PATH_TAG
     prefix = LEAF_PREFIX
-    ops = []
-    clean: dict[bytes, bytes | None] = {}
+    from_bytes = int.from_bytes
+    ops: list[tuple] = []
+    append = ops.append
     for key, value in writes.items():
         if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             raise StoreError(
@@ -430,18 +447,18 @@ def ops_of(writes: Mapping[bytes, bytes | None]) -> tuple[list[tuple], dict[byte
             )
         path = sha(tag + key).digest()
         # The same tuples as ledger.state_tree.op, built inline: this runs once per write.
-        if value is None:
-            ops.append((path, int.from_bytes(path, "big"), None, key, None, 0))
-        elif type(value) is bytes:
-            lh = sha(prefix + path + sha(value).digest()).digest()
+        if type(value) is bytes:
             if len(value) > MAX_INLINE_VALUE:
-                ops.append((path, int.from_bytes(path, "big"), lh, key, b"", 1, value))
+                lh = sha(prefix + path + sha(value).digest()).digest()
+                append((path, from_bytes(path, "big"), lh, key, b"", 1, value))
             else:
-                ops.append((path, int.from_bytes(path, "big"), lh, key, value, 0))
+                append((path, from_bytes(path, "big"),
+                        sha(prefix + path + sha(value).digest()).digest(), key, value, 0))
+        elif value is None:
+            append((path, from_bytes(path, "big"), None, key, None, 0))
         else:
             raise StoreError(
                 f"state values are bytes (or None to delete); got {type(value).__name__}"
             )
-        clean[key] = value
     ops.sort(key=_PATH)
-    return ops, clean
+    return ops, dict(writes)
