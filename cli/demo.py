@@ -40,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.shards import TreeError
 from cli.devnet import Devnet
 from cli.devnet_shards import ShardDevnet
 from cli.market_story import (
@@ -53,6 +52,7 @@ from cli.market_story import (
     create_market_devnet,
 )
 from cli.shards_story import TreeStory, create_demo_tree
+from cli.tree_client import TreeError
 from ledger.client import ProofError
 from ledger.genesis import Genesis
 from ledger.httpclient import ApiError, SyncClient

@@ -37,9 +37,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.shards import CURRENCY, DESTINATION, ORIGIN, TreeClient, create_tree
 from cli.devnet_shards import ShardDevnet
 from cli.market_story import StoryError, chf, clock, wh
+from cli.tree_client import CURRENCY, DESTINATION, ORIGIN, TreeClient, create_tree
 from contracts.runtime.engine import contract_address
 from ledger import codec
 from ledger.certificate import CommitCertificate

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from nodeproc import TamperingProxy
 
-from bench.shards import TreeClient
+from cli.tree_client import TreeClient
 from cli.devnet_shards import ShardDevnet
 from cli.relay import RelayConfig, RelayConfigError
 from ledger.statekeys import state_key

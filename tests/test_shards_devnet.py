@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from bench.shards import DESTINATION, ORIGIN, TreeClient, create_tree
+from cli.tree_client import DESTINATION, ORIGIN, TreeClient, create_tree
 from shards.errors import FlowRefused
 from shards.flow import edge_fee
 from shards.relayer import Channel, Relayer, ShardEndpoint
