@@ -10,7 +10,12 @@ each outgoing channel, ``recv_seq`` of each incoming one) with proofs; for each 
 2. reads at the source, under **one** certified header (``POST /v1/state/proofs``), the
    next packets of the outbox and the source's validator-set records the client lacks;
 3. plans with :func:`shards.relay.plan_channel` and builds the delivery with
-   :func:`shards.relay.build_delivery`;
+   :func:`shards.relay.build_delivery`; when the plan asks for a **hand-over** (the
+   source's head is certified by a validator set the destination's client does not
+   know), it fetches the source's bundle of that epoch (``GET
+   /v1/shards/handover/{epoch}``, ``node/handover.py``; from each of the source's nodes
+   in turn) and delivers it first as a schedule-only delivery, then plans again and
+   carries the packets;
 4. checks it exactly as the destination will: a copy of the light client accepts the
    header, certificate and schedule proofs, and every packet's proof verifies under the
    header (``verify_packet_proof``): a node serving a wrong value costs a round, never
@@ -57,12 +62,37 @@ from ledger.state import ProofError, verify_proof
 from ledger.statekeys import state_key
 from ledger.validators import ValidatorSet
 from shards.errors import BridgeError
-from shards.lightclient import LightClient, ScheduleProof, validator_epoch_key
-from shards.packets import MAX_DELIVERY_ITEMS, Delivery, Packet, outbox_key, verify_packet_proof
-from shards.relay import SourceEpoch, build_delivery, plan_channel
+from shards.lightclient import (
+    LightClient,
+    ScheduleProof,
+    decode_certificate,
+    encode_certificate,
+    validator_epoch_key,
+)
+from shards.packets import (
+    MAX_DELIVERY_ITEMS,
+    MAX_DELIVERY_SIZE,
+    Delivery,
+    Packet,
+    outbox_key,
+    verify_packet_proof,
+)
+from shards.relay import Handover, SourceEpoch, build_delivery, plan_channel
 from shards.topology import parent_of
 
-__all__ = ["Channel", "ProvenState", "RelayError", "Relayer", "RelayerStats", "ShardEndpoint", "channels_between", "read_proven"]
+__all__ = [
+    "Channel",
+    "HANDOVER_VERSION",
+    "ProvenState",
+    "RelayError",
+    "Relayer",
+    "RelayerStats",
+    "ShardEndpoint",
+    "channels_between",
+    "decode_handover",
+    "encode_handover",
+    "read_proven",
+]
 
 # Validator-set records read per look-up beyond the client's latest epoch: changes are
 # rare governance events, and a longer schedule is read in further look-ups.
@@ -75,6 +105,11 @@ REFRESH_INTERVALS = 2
 DEFAULT_BATCH = 16
 # Receipt error codes meaning another relayer was faster: nothing is wrong.
 RACE_CODES = ("already_delivered", "out_of_order")
+# The format of a hand-over bundle as nodes keep and serve it (``encode_handover``).
+HANDOVER_VERSION = 1
+# Hand-over deliveries made in one call of ``relay_channel`` before its packets (one per
+# validator epoch the destination's client lacks; changes are rare governance events).
+MAX_HANDOVERS_PER_ROUND = 8
 
 
 class RelayError(Exception):
@@ -192,6 +227,42 @@ async def read_proven(client: Client, shard: str, keys: Sequence[bytes],
     return ProvenState(header, certificate, values)
 
 
+def encode_handover(bundle: Handover, *, allow_pending: bool = False) -> bytes:
+    """A hand-over bundle as nodes keep and serve it (``GET /v1/shards/handover/{epoch}``):
+    ``[version, epoch, header, certificate, [schedule proof...]]``, canonical encoding.
+    ``allow_pending``: a node's own pending record, whose certificate is nil."""
+    if bundle.certificate is None and not allow_pending:
+        raise BridgeError("bad_bundle", f"the bundle of epoch {bundle.epoch} has no certificate")
+    certificate = None if bundle.certificate is None else encode_certificate(bundle.certificate)
+    return codec.encode([HANDOVER_VERSION, bundle.epoch, bundle.header.to_fields(), certificate,
+                         [item.to_fields() for item in bundle.schedule]])
+
+
+def decode_handover(data: bytes, *, allow_pending: bool = False) -> Handover:
+    """The inverse of :func:`encode_handover`; raises ``BridgeError`` (``bad_bundle``) saying
+    what is malformed. Decoding checks the shape only: the light client verifies."""
+    try:
+        fields = codec.decode(data, max_size=MAX_DELIVERY_SIZE, max_depth=8)
+    except codec.CodecError as exc:
+        raise BridgeError("bad_bundle", f"a hand-over bundle does not decode: {exc}") from None
+    if (not isinstance(fields, list) or len(fields) != 5 or fields[0] != HANDOVER_VERSION
+            or type(fields[1]) is not int or fields[1] < 1 or not isinstance(fields[4], list) or not fields[4]):
+        raise BridgeError("bad_bundle", f"a hand-over bundle is [{HANDOVER_VERSION}, epoch >= 1, header, certificate, "
+                                        "[schedule proof, ...]] with at least one proof")
+    try:
+        header = BlockHeader.from_fields(fields[2])
+    except BlockError as exc:
+        raise BridgeError("bad_bundle", f"hand-over header: {exc}") from None
+    if fields[3] is None and allow_pending:
+        certificate = None
+    else:
+        certificate = decode_certificate(fields[3])
+    schedule = tuple(ScheduleProof.from_fields(item) for item in fields[4])
+    if schedule[0].epoch != fields[1]:
+        raise BridgeError("bad_bundle", f"the bundle of epoch {fields[1]} must prove that epoch's record first")
+    return Handover(fields[1], header, certificate, schedule)
+
+
 @dataclass
 class RelayerStats:
     """What ``/metrics`` shows: counts since start."""
@@ -201,6 +272,7 @@ class RelayerStats:
     packets: int = 0  # packets handled at their destination by our deliveries
     duplicates: int = 0  # deliveries another relayer had already made
     refreshes: int = 0  # schedule-only deliveries to idle BFT channels
+    handovers: int = 0  # hand-over bundles delivered (validator-set changes taught)
     failures: Counter = field(default_factory=Counter)  # by code
     per_channel: Counter = field(default_factory=Counter)  # packets delivered, by "src -> dst"
     last_error: str = ""
@@ -374,7 +446,7 @@ class Relayer:
         delivery = await self._build(channel, client, at_dst.int_value(recv_key), None, schedule_only=True)
         if delivery is None:
             return False
-        await self.submit(channel, delivery)
+        await self.submit(channel, delivery, handover=any(item.value is not None for item in delivery.schedule))
         return True
 
     def _client_of(self, state: ProvenState, key: bytes, channel: Channel) -> LightClient:
@@ -401,10 +473,66 @@ class Relayer:
     async def relay_channel(self, channel: Channel, sent: int | None = None) -> int:
         """One delivery on ``channel`` if packets wait; returns the packets it delivered.
         ``sent``: the source's ``send_seq`` as last seen (bounds the packets read)."""
-        delivery = await self.prepare(channel, sent)
-        if delivery is None:
-            return 0
-        return await self.submit(channel, delivery)
+        for _ in range(MAX_HANDOVERS_PER_ROUND):
+            delivery = await self.prepare(channel, sent)
+            if delivery is None:
+                return 0
+            if delivery.items:
+                return await self.submit(channel, delivery)
+            # Without packets, prepare() gives only a hand-over: deliver it, then plan again
+            # with the client that now knows the epoch (the next bundle, or the packets).
+            await self.submit(channel, delivery, handover=True)
+        return 0
+
+    async def fetch_handover(self, channel: Channel, client: LightClient, epoch: int) -> Delivery:
+        """The schedule-only delivery of the source's hand-over bundle of ``epoch``, fetched
+        from the source's nodes (each in turn until one serves a bundle that ``client``, the
+        destination's light client, accepts and learns the epoch from). Raises
+        :class:`RelayError` (``handover_unavailable``) when none does."""
+        src = channel.src
+        clients = self._clients[src]
+        start = self._current[src]
+        reasons = []
+        for i in range(len(clients)):
+            node = clients[(start + i) % len(clients)]
+            try:
+                _, body = await node.request("GET", f"/v1/shards/handover/{epoch}")
+                bundle = decode_handover(bytes.fromhex(body["bundle_hex"]))
+                return self.check_handover(channel, client, epoch, bundle)
+            except ApiError as exc:
+                reasons.append(f"{node.base_url}: {exc.code}: {exc.message}")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                if isinstance(exc, BridgeError):
+                    reasons.append(f"{node.base_url}: {exc}")
+                else:
+                    reasons.append(f"{node.base_url}: answered outside the API ({type(exc).__name__}: {exc})")
+            except RelayError as exc:
+                reasons.append(f"{node.base_url}: {exc}")
+        raise RelayError(
+            "handover_unavailable",
+            f"{channel.dst}'s client of {src} must learn validator epoch {epoch} from a hand-over bundle, and no node "
+            f"of {src} serves one it accepts: " + "; ".join(reasons),
+        )
+
+    def check_handover(self, channel: Channel, client: LightClient, epoch: int, bundle: Handover) -> Delivery:
+        """``bundle`` as a schedule-only delivery on ``channel``, checked exactly as the
+        destination will check it (a copy of its light client ``client`` must accept it and
+        learn ``epoch``). Raises :class:`RelayError` saying what is wrong."""
+        src, dst = channel.src, channel.dst
+        if bundle.epoch != epoch:
+            raise RelayError("bad_bundle", f"asked for the bundle of epoch {epoch}, got epoch {bundle.epoch}'s")
+        if bundle.header.chain_id != src:
+            raise RelayError("wrong_shard", f"the bundle's header is of {bundle.header.chain_id!r}, not {src!r}")
+        try:
+            delivery = build_delivery(src, dst, bundle.header, bundle.certificate, bundle.schedule, ())
+            trial = LightClient.from_fields(client.to_fields())
+            trial.accept(delivery.header, delivery.certificate, delivery.schedule)
+        except BridgeError as exc:
+            raise RelayError(exc.code, f"{src}'s bundle of epoch {epoch} is one {dst} would refuse: {exc.message}") from None
+        if trial.latest.number < epoch:
+            raise RelayError("bad_bundle", f"{src}'s bundle of epoch {epoch} does not prove that epoch's record")
+        self._horizon_after[channel] = trial.horizon()
+        return delivery
 
     async def prepare(self, channel: Channel, sent: int | None = None) -> Delivery | None:
         """The next delivery on ``channel``, checked as its destination will check it (None:
@@ -443,11 +571,9 @@ class Relayer:
         next_send = next_recv if schedule_only else state.int_value(send_key)
         plan = plan_channel(client, epochs, state.header.height, next_recv, next_send)
         if plan.handover_epoch is not None:
-            raise RelayError(
-                "handover_needed",
-                f"{src} changed its validator set (epoch {plan.handover_epoch}) and {dst}'s client must learn it from a "
-                f"hand-over bundle, which {src}'s nodes do not serve",
-            )
+            # The source's head is certified by a set the client does not know: teach it
+            # the change first, with the bundle the source's nodes kept for that epoch.
+            return await self.fetch_handover(channel, client, plan.handover_epoch)
         if not plan.seqs and not schedule_only:
             return None
         items = []
@@ -475,14 +601,15 @@ class Relayer:
         self._horizon_after[channel] = trial.horizon()
         return delivery
 
-    async def submit(self, channel: Channel, delivery: Delivery) -> int:
+    async def submit(self, channel: Channel, delivery: Delivery, *, handover: bool = False) -> int:
         """Submit ``delivery`` as ``bridge.deliver`` signed with the relayer's key and wait for
-        its commit; returns the packets it handled (0: another relayer was faster)."""
+        its commit; returns the packets it handled (0: another relayer was faster).
+        ``handover``: the delivery is a hand-over bundle (counted and logged as such)."""
         dst = channel.dst
         node = self.client(dst)
         data = delivery.encode()
         first, last = (delivery.items[0][0].seq, delivery.items[-1][0].seq) if delivery.items else (None, None)
-        what = f"#{first}-{last}" if delivery.items else "(schedule only)"
+        what = f"#{first}-{last}" if delivery.items else ("(hand-over)" if handover else "(schedule only)")
         async with self._submit_locks[dst]:
             account = await self._account(dst)
             tx = account.call("bridge", "deliver", [data], gas_limit=self.gas_limit)
@@ -504,6 +631,12 @@ class Relayer:
             if channel in self._horizon_after:
                 self._horizons[channel] = self._horizon_after.pop(channel)
             count = len(delivery.items)
+            if handover:
+                self.stats.handovers += 1
+                self.log.info("handed over a validator-set change", channel=str(channel), height=result.height,
+                              source_height=delivery.header.height,
+                              epochs=[item.epoch for item in delivery.schedule if item.value is not None])
+                return 0
             if not count:
                 self.stats.refreshes += 1
                 self.log.info("refreshed an idle bridge", channel=str(channel), height=result.height,
@@ -516,7 +649,8 @@ class Relayer:
                           source_height=delivery.header.height)
             return count
         code, message = receipt.error if receipt is not None and receipt.error is not None else ("failed", "")
-        if code in RACE_CODES:
+        if code in RACE_CODES or (handover and code == "schedule_mismatch"):
+            # (A hand-over another relayer delivered first: the client already knows the epoch.)
             self.stats.duplicates += 1
             self.log.info("delivery already made by another relayer", channel=str(channel), first=first, last=last, code=code)
             return 0
