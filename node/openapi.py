@@ -260,6 +260,37 @@ SCHEMAS: dict[str, dict] = {
         fields={"type": "object", "additionalProperties": ANY},
         event_hex={**HEX, "description": "the canonical encoding of [contract, name, [[field, value], ...]]"},
     ),
+    "SyncSession": _obj(
+        ("session", "height", "state_root", "block_hex", "certificate_hex", "checkpoint_hex", "idle_ms", "expires_ms",
+         "max_page_bytes"),
+        session={"type": "string", "pattern": "^[0-9a-f]{32}$"},
+        height=HEIGHT,
+        state_root=HASH,
+        block_hex={**HEX, "description": "the block at the snapshot's height (its header names the state root)"},
+        certificate_hex={**HEX, "description": "its commit certificate: verify it with the validators you trust"},
+        checkpoint_hex=_nullable(HEX),
+        idle_ms={"type": "integer"},
+        expires_ms={"type": "integer"},
+        max_page_bytes={"type": "integer"},
+    ),
+    "SyncPage": _obj(
+        ("session", "height", "from", "next", "count", "bytes", "items_base64"),
+        session={"type": "string"},
+        height=HEIGHT,
+        **{"from": {**HEX, "description": "the tree position of the first item"}},
+        next=_nullable({**HEX, "description": "the tree position to ask next (null: the last page)"}),
+        count={"type": "integer"},
+        bytes={"type": "integer"},
+        items_base64={"type": "string", "description": "base64 of the canonical encoding of [[key, value], ...] in tree order"},
+    ),
+    "SyncClosed": _obj(("session", "closed"), session={"type": "string"}, closed={"type": "boolean"}),
+    "Handover": _obj(
+        ("shard", "epoch", "height", "bundle_hex"),
+        shard={"type": "string"},
+        epoch={"type": "integer", "minimum": 1},
+        height=HEIGHT,
+        bundle_hex={**HEX, "description": "[1, epoch, header, certificate, [schedule proofs]]: deliver it to a neighbour's light client"},
+    ),
     "Health": _obj(("status",), status={"enum": ["ok"]}),
     "Ready": _obj(("ready",), ready={"type": "boolean"}),
 }
@@ -448,10 +479,46 @@ def _operation(ep: Endpoint) -> dict:
     return op
 
 
+SESSION = Param("session", "path", "the sync session id", {"type": "string", "pattern": "^[0-9a-f]{32}$"}, required=True)
+
+# Routes a node adds beside the API server's own, registered by their modules
+# (node/api_sync.py, node/api_handover.py) and documented here with the others.
+MODULE_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST", "/v1/sync/snapshots", "open_snapshot", "Open a state snapshot session",
+        "Pins the state at the committed head (whose commit certificate covers its header) for a node that is far "
+        "behind. Sessions are few and short: idle and age limits end them, since a pinned snapshot grows the store.",
+        ((201, "the session", "SyncSession"),), errors=("busy", "not_ready", "not_certified"), tag="operate",
+    ),
+    Endpoint(
+        "GET", "/v1/sync/snapshots/{session}", "snapshot_page", "One page of a snapshot",
+        "Items in tree order from the position `from`, at most `max_bytes` encoded (one longer item travels alone).",
+        ((200, "a page", "SyncPage"),),
+        params=(SESSION,
+                Param("from", "query", "the tree position to start at (hex, default: the beginning)", HEX),
+                Param("max_bytes", "query", "the page's size limit", {"type": "integer"})),
+        errors=("malformed", "bad_request", "not_found"), tag="operate",
+    ),
+    Endpoint(
+        "DELETE", "/v1/sync/snapshots/{session}", "close_snapshot", "Close a snapshot session",
+        "Releases the pinned snapshot at once.", ((200, "closed", "SyncClosed"),), params=(SESSION,),
+        errors=("malformed", "not_found"), tag="operate",
+    ),
+    Endpoint(
+        "GET", "/v1/shards/handover/{epoch}", "get_handover", "A validator-set hand-over bundle",
+        "What a neighbouring shard's light client needs to learn this shard's validator epoch `epoch`: the header at "
+        "the hand-over height, its commit certificate and the proofs of the epoch records. Relayers deliver it.",
+        ((200, "the bundle", "Handover"),),
+        params=(Param("epoch", "path", "the validator epoch (1, 2, ...)", {"type": "integer", "minimum": 1}, required=True),),
+        errors=("malformed", "bad_request", "not_found"),
+    ),
+)
+
+
 def document() -> dict:
-    """The OpenAPI 3.1 document of :data:`ENDPOINTS`."""
+    """The OpenAPI 3.1 document of :data:`ENDPOINTS` and :data:`MODULE_ENDPOINTS`."""
     paths: dict[str, dict] = {}
-    for ep in ENDPOINTS:
+    for ep in ENDPOINTS + MODULE_ENDPOINTS:
         paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
     return {
         "openapi": "3.1.0",

@@ -277,8 +277,8 @@ def test_openapi_documents_every_route(node):
             doc = await client.openapi()
             assert doc == json.loads(json.dumps(openapi.document()))
             served = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
-            assert served == documented
-            for ep in openapi.ENDPOINTS:
+            assert served == documented | {(ep.method, ep.path) for ep in openapi.MODULE_ENDPOINTS}
+            for ep in openapi.ENDPOINTS + openapi.MODULE_ENDPOINTS:
                 op = doc["paths"][ep.path][ep.method.lower()]
                 assert op["operationId"] == ep.operation and op["summary"] and op["description"]
                 path_params = set(re.findall(r"{(\w+)}", ep.path))
@@ -289,6 +289,23 @@ def test_openapi_documents_every_route(node):
             assert refs <= set(doc["components"]["schemas"])
 
     run(body())
+
+
+def test_the_routes_node_modules_register_are_exactly_the_documented_module_endpoints():
+    from aiohttp import web
+
+    from node import api_handover, api_sync
+
+    app = web.Application()
+
+    class Holder:
+        store = None
+        chain_id = CHAIN
+
+    api_sync.register(app, Holder())
+    api_handover.register(app, Holder())
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+    assert routes == {(ep.method, ep.path) for ep in openapi.MODULE_ENDPOINTS}
 
 
 def test_every_error_code_the_server_and_mempool_use_is_documented():
