@@ -18,7 +18,11 @@ Prints one JSON line::
 
     {"protocol", "validators", "max_committed_tx_per_s", "p50_commit_ms", "p99_commit_ms",
      "cpu_s_per_1000_tx", "ed25519_bound_tx_per_s", "node_rss_mb", "stalled_after_rates",
-     "probes": [...], ...}
+     "load_average", "probes": [...], ...}
+
+Each probe lists the non-empty blocks first seen in its window and their mean size
+(``txs_per_block``): a size at ``block_max_txs`` means the block cap, not CPU, limits
+the rate. ``load_average`` is the machine's 1-minute load when the run began and ended.
 
 A failing rate leaves a backlog; the next probe starts once it is committed (at most
 ``--drain`` seconds). A shard that does not work off its backlog in that time is
@@ -209,6 +213,8 @@ class Probe:
     rejected: dict = field(default_factory=dict)
     window_s: float = 0.0
     drained: bool = True  # every accepted transaction committed before the drain deadline
+    blocks: int = 0  # blocks first seen within the window and its grace
+    block_txs: int = 0  # their transactions
 
     @property
     def holds(self) -> bool:
@@ -223,6 +229,9 @@ class Probe:
                "holds": self.holds, "committed_per_s": round(self.committed_per_s)}
         if self.rejected:
             out["rejected"] = self.rejected
+        if self.blocks:
+            out["blocks"] = self.blocks
+            out["txs_per_block"] = round(self.block_txs / self.blocks)
         if not self.drained:
             out["drained"] = False
         return out
@@ -238,6 +247,7 @@ class BlockWatcher:
         self.poll_s = poll_s
         self.height = -1
         self.seen: dict[bytes, float] = {}
+        self.blocks: list[tuple[float, int]] = []  # (first seen, transactions) of each block
 
     async def run(self) -> None:
         from ledger.httpclient import ApiError
@@ -251,6 +261,7 @@ class BlockWatcher:
                     body = latest if h == top else (await self.client.request("GET", f"/v1/blocks/{h}"))[1]
                     for t in body["tx_ids"]:
                         self.seen.setdefault(bytes.fromhex(t), now)
+                    self.blocks.append((now, len(body["tx_ids"])))
                     self.height = h
             except ApiError:
                 pass
@@ -406,6 +417,8 @@ class Bench:
         p.accepted = len(sent)
         seen = self.watcher.seen
         p.committed_in_time = sum(1 for t, _ in sent if seen.get(t, float("inf")) <= deadline)
+        in_window = [n for at, n in self.watcher.blocks if start_at <= at <= deadline and n]
+        p.blocks, p.block_txs = len(in_window), sum(in_window)
         # Let the backlog drain before the next probe; its CPU counts against this probe.
         drain_deadline = time.monotonic() + a.drain
         while time.monotonic() < drain_deadline and any(t not in seen for t, _ in sent):
@@ -476,6 +489,7 @@ class Bench:
 
     async def run(self) -> dict:
         a = self.args
+        load_before = os.getloadavg()
         bound = ed25519_verifications_per_s() / a.validators
         await self.up()
         try:
@@ -506,6 +520,8 @@ class Bench:
             "committed_total": sum(p.committed for p in self.probes),
             "stalled_after_rates": self.stalls + ([self.probes[-1].rate] if self.probes and not self.probes[-1].drained else []),
             "params": self.params,
+            # The machine is shared: the 1-minute load average when the run began and ended.
+            "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
             "half_rate": half.rate if half else None,
             "mode": "fixed_rate" if a.rate else "search",
             "probes": [p.summary() for p in self.probes],

@@ -83,7 +83,6 @@ from contracts.runtime.errors import ContractError
 from contracts.runtime.storage import BlockState, StateReader, decode_value, encode_key_prefix
 from contracts.runtime.worker import ExecutorUnavailable, IsolatedExecutor
 from ledger import codec
-from ledger.crypto import Address
 from ledger.statekeys import state_key
 from ledger.tx import Event, Receipt, Transaction, TxError
 
@@ -125,11 +124,23 @@ RECONFIG_BASE = 100_000
 RECONFIG_APPROVAL = 3_000
 
 
+# Every transaction reads and writes its sender's nonce and gas account. An address is
+# 20 bytes, which canonical msgpack always encodes as bin8 (0xc4 0x14) + the bytes, so
+# the key is a fixed prefix + the address: the same bytes as ``state_key`` gives.
+_ADDRESS_BYTES = 20
+_NONCE_PREFIX = state_key("accounts", "nonce", [bytes(_ADDRESS_BYTES)])[:-_ADDRESS_BYTES]
+_GAS_USED_PREFIX = state_key("accounts", "gas_used", [bytes(_ADDRESS_BYTES)])[:-_ADDRESS_BYTES]
+
+
 def nonce_key(address: bytes) -> bytes:
+    if type(address) is bytes and len(address) == _ADDRESS_BYTES:
+        return _NONCE_PREFIX + address
     return state_key("accounts", "nonce", [address])
 
 
 def gas_used_key(address: bytes) -> bytes:
+    if type(address) is bytes and len(address) == _ADDRESS_BYTES:
+        return _GAS_USED_PREFIX + address
     return state_key("accounts", "gas_used", [address])
 
 
@@ -330,7 +341,7 @@ class Executor:
             tx_hash = tx.tx_id
         except TxError as exc:  # only a transaction built in-process can fail here: decoded ones are canonical
             return _refused("malformed", exc.message)
-        address = Address.from_public_key(tx.sender).raw
+        address = tx.sender_address.raw  # computed once per transaction object
         nkey = nonce_key(address)
         expected = _read_int(block, nkey)
         if tx.nonce != expected:

@@ -18,6 +18,7 @@ HTTP API returns: ``malformed``, ``bad_signature``, ``wrong_chain``, ``expired``
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -56,6 +57,20 @@ MAX_CHAIN_ID_LEN = 128
 MAX_GAS_LIMIT = 1 << 40
 MAX_NONCE = (1 << 63) - 1
 MAX_HEIGHT = (1 << 63) - 1
+
+# A signed transaction's encoding is the fixarray header of its 10 fields, the 9 body
+# fields, and the signature as msgpack bin8 (0xc4, length 64). Canonical encoding makes
+# the body's encoding a slice of it: fixarray(9) + the same 9 fields.
+_TX_HEADER = 0x9A
+_BODY_HEADER = b"\x99"
+_SIGNATURE_TAIL = 2 + SIGNATURE_LEN
+
+# Decoded transactions by their encoding, for as long as something holds them (the
+# mempool does until they commit). A node decodes the same transaction when a client
+# or a peer submits it and again in every block that carries it; this way the second
+# decode, and the transaction id and signed body it computed, cost a dictionary lookup.
+# Sharing is safe: a Transaction is immutable and its encoding determines it.
+_DECODED: weakref.WeakValueDictionary[bytes, Transaction] = weakref.WeakValueDictionary()
 
 
 class TxError(ValueError):
@@ -160,20 +175,42 @@ class Transaction:
         return tagged_hash(b"gridledger/tx", self.body_bytes)
 
     def encode(self) -> bytes:
+        # Kept once computed (or decoded): a block's proposer hashes, encodes and
+        # gossips the same transaction several times.
+        encoded = self.__dict__.get("_encoded")
+        if encoded is not None:
+            return encoded
         if len(self.signature) != SIGNATURE_LEN:
             raise TxError("bad_signature", "transaction is not signed")
-        return codec.encode(self._body_fields() + [self.signature])
+        encoded = codec.encode(self._body_fields() + [self.signature])
+        self.__dict__["_encoded"] = encoded
+        return encoded
 
     @classmethod
     def decode(cls, data: bytes) -> Transaction:
         """Strictly decode a transaction; raises :class:`TxError` (``too_large`` or ``malformed``)."""
         if len(data) > MAX_TX_SIZE:
             raise TxError("too_large", f"transaction is {len(data)} bytes; the limit is {MAX_TX_SIZE}")
+        cacheable = cls is Transaction and type(data) is bytes
+        if cacheable:
+            known = _DECODED.get(data)
+            if known is not None:
+                return known
         try:
             fields = codec.decode(data, max_size=MAX_TX_SIZE)
         except codec.CodecError as exc:
             raise TxError("malformed", str(exc)) from None
-        return cls.from_fields(fields)
+        tx = cls.from_fields(fields)
+        if type(data) is not bytes:
+            data = bytes(data)
+        # ``data`` is canonical (the codec re-encoded it), so it is this transaction's
+        # encoding, and its signed body is a slice of it: no re-encoding for the id.
+        tx.__dict__["_encoded"] = data
+        if data[0] == _TX_HEADER and data[-_SIGNATURE_TAIL:-SIGNATURE_LEN] == b"\xc4\x40":
+            tx.__dict__["body_bytes"] = _BODY_HEADER + data[1:-_SIGNATURE_TAIL]
+        if cacheable:
+            _DECODED[data] = tx
+        return tx
 
     @classmethod
     def from_fields(cls, fields: Any) -> Transaction:
@@ -192,7 +229,7 @@ class Transaction:
 
     # ------------------------------------------------------------ checks
 
-    @property
+    @cached_property
     def sender_address(self) -> Address:
         return Address.from_public_key(self.sender)
 

@@ -55,18 +55,27 @@ class SubmitHandlers:
         return parse_int(request.query.get("timeout_ms", str(DEFAULT_WAIT_MS)), "timeout_ms", 0, MAX_WAIT_MS) / 1000
 
     @staticmethod
-    def _tx_id_of(raw: bytes) -> bytes:
-        """Decode just enough to name the transaction; refuse what the mempool would refuse as malformed."""
+    def _decode(raw: bytes) -> Transaction:
+        """Decode to name the transaction; refuse what the mempool would refuse as malformed.
+
+        Callers hold the result until the node has admitted the transaction: the node
+        then finds it decoded (``Transaction.decode`` keeps the transactions that are
+        held), instead of decoding and hashing it a second time.
+        """
         try:
-            return Transaction.decode(raw).tx_id
+            return Transaction.decode(raw)
         except TxError as exc:
             raise api_error(exc.code, exc.message) from None
 
     def _known(self, tx_id: bytes) -> bool:
         """Already committed or waiting: a resubmission is answered with its status, not refused."""
-        return self.node.store.tx_location(tx_id) is not None or self.node.tx_pending(tx_id)
+        return self.node.tx_pending(tx_id) or self.node.store.tx_location(tx_id) is not None
 
     def _tx_status(self, tx_id: bytes) -> dict:
+        # A waiting transaction is not committed (a commit removes its transactions from
+        # the mempool in the same step), so the mempool answers first, without a store read.
+        if self.node.tx_pending(tx_id):
+            return {"tx_id": tx_id.hex(), "status": "pending"}
         location = self.node.store.tx_location(tx_id)
         if location is not None:
             height, index, receipt_raw = location
@@ -78,8 +87,6 @@ class SubmitHandlers:
                 "receipt": receipt_json(Receipt.decode(receipt_raw)),
                 "receipt_hex": receipt_raw.hex(),
             }
-        if self.node.tx_pending(tx_id):
-            return {"tx_id": tx_id.hex(), "status": "pending"}
         rejected = self.node.tx_rejected(tx_id)
         if rejected is not None:
             code, message = rejected
@@ -100,13 +107,15 @@ class SubmitHandlers:
         if type(body) is not dict or "tx" not in body:
             raise bad_request('the body must be {"tx": "<hex of the encoded transaction>"}')
         raw = parse_hex(body["tx"], "tx", max_bytes=MAX_TX_SIZE)
-        tx_id = self._tx_id_of(raw)
+        tx = self._decode(raw)
+        tx_id = tx.tx_id
         if not self._known(tx_id):
             try:
                 # shielded: admission completes even if the client disconnects meanwhile
                 await asyncio.shield(self.node.submit(raw))
             except TxError as exc:  # TxRejected, or a plain TxError from a node that decodes again
                 raise api_error(exc.code, exc.message, tx_id=tx_id.hex(), status="rejected") from None
+        del tx
         if timeout_s is not None and self.node.store.tx_location(tx_id) is None:
             await self.node.wait_for(tx_id, timeout_s)
         return self._submit_answer(tx_id)
@@ -122,12 +131,15 @@ class SubmitHandlers:
         results: list[dict | None] = [None] * len(items)
         tx_ids: list[bytes | None] = [None] * len(items)
         raws: list[bytes] = [b""] * len(items)
+        decoded: list[Transaction] = []  # held until admitted (see _decode)
         first: dict[bytes, int] = {}  # a transaction listed twice is one submission
         to_submit: list[int] = []
         for i, item in enumerate(items):
             try:
                 raws[i] = parse_hex(item, f"txs[{i}]", max_bytes=MAX_TX_SIZE)
-                tx_ids[i] = tx_id = self._tx_id_of(raws[i])
+                tx = self._decode(raws[i])
+                decoded.append(tx)
+                tx_ids[i] = tx_id = tx.tx_id
             except ApiError as exc:
                 results[i] = {"tx_id": None, "status": "rejected", "error": {"code": exc.code, "message": exc.message}}
                 continue
@@ -143,6 +155,7 @@ class SubmitHandlers:
                 if isinstance(outcome, TxError):
                     results[i] = {"tx_id": tx_ids[i].hex(), "status": "rejected",
                                   "error": {"code": outcome.code, "message": outcome.message}}
+        del decoded
         accepted = [t for t, i in first.items() if results[i] is None]
         if timeout_s is not None and accepted:
             await asyncio.gather(*(self.node.wait_for(t, timeout_s) for t in accepted

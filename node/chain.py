@@ -35,6 +35,8 @@ from contracts import reconfig
 from contracts.executor import BlockContext, apply_genesis_document
 from ledger import codec
 from ledger.block import (
+    MAX_BLOCK_SIZE,
+    MAX_BLOCK_TXS,
     NULL_DIGEST,
     ZERO_HASH,
     Block,
@@ -225,10 +227,13 @@ class Chain:
                 block = Block.decode(batch)
             except BlockError:
                 return None
-            if len(self._decoded) > 64:
-                self._decoded.pop(next(iter(self._decoded)))
-            self._decoded[key] = block
+            self._remember_decoded(key, block)
         return block
+
+    def _remember_decoded(self, key: bytes, block: Block) -> None:
+        if len(self._decoded) > 64:
+            self._decoded.pop(next(iter(self._decoded)))
+        self._decoded[key] = block
 
     def validate(self, height: int, batch: bytes) -> bool:
         """Consensus asks before voting: is this batch an acceptable block at ``height``?"""
@@ -305,9 +310,11 @@ class Chain:
 
     def _execute(self, block: Block, encoded: bytes) -> Executed:
         store = self.store
-        # One LMDB snapshot for every read of the block (a snapshot per get costs twice).
+        # One LMDB snapshot for every read of the block (a snapshot per get costs twice),
+        # behind the committed-read cache: blocks execute on the committed head, which is
+        # exactly what the cache holds, and consecutive blocks read the same accounts.
         with store.reader() as reader:
-            result = self.executor.execute_block(reader, self._context(block.header), list(block.txs))
+            result = self.executor.execute_block(self.reads.over(reader), self._context(block.header), list(block.txs))
         prepared = store.prepare_state(result.writes)
         receipts = list(result.receipts)
         return Executed(block, encoded, prepared, receipts, [r.encode() for r in receipts])
@@ -371,6 +378,11 @@ class Chain:
         encoded = block.encode()
         executed = Executed(block, encoded, executed.prepared, executed.receipts, executed.encoded_receipts)
         self._executed[block.hash] = executed
+        # Consensus asks for the proposal's digest and validity next: it is this block,
+        # no need to decode the bytes just encoded (unless they break a limit of
+        # Block.decode, which must then refuse them here as everywhere).
+        if len(encoded) <= MAX_BLOCK_SIZE and len(txs) <= MAX_BLOCK_TXS:
+            self._remember_decoded(tagged_hash(b"gridledger/batch", encoded), block)
         return encoded, executed
 
     def _admissible_changes(self, height: int, txs: list[Transaction]) -> list[Transaction]:
@@ -410,13 +422,13 @@ class Chain:
                     executed = self.check_proposal(height, batch, certified=True)
                 except BlockError as exc:
                     raise ChainError(f"committed block {height} does not execute to its header here: {exc}") from None
-        written = list(executed.prepared.writes)  # the store may release them once applied
+        writes = executed.prepared.writes  # held here: the store releases them once applied
         tx_entries = [(tx.tx_id, r) for tx, r in zip(executed.block.txs, executed.encoded_receipts, strict=True)]
         self.store.apply_block(
             height, executed.block.hash, executed.encoded, certificate.encode(), executed.prepared, tx_entries
         )
         self._executed.clear()
-        self.reads.forget(written)
+        self.reads.applied(writes)
         for tx, receipt in zip(executed.block.txs, executed.receipts, strict=True):
             self.verified.discard(tx.tx_id)
             if receipt.ok and reconfig.is_reconfigure(tx):
@@ -458,12 +470,15 @@ def reconfig_rules(genesis: Genesis) -> reconfig.ReconfigRules:
 
 
 class CommittedReads:
-    """A cache of committed state for admission checks (nonces, membership records).
+    """A cache of committed state for admission checks and block execution.
 
-    Admission reads the same few keys for every transaction a sender submits; a store
-    read each time was a fifth of a busy validator's CPU. Entries are dropped for every
-    key a committed block writes, so the cache never serves a value the store no
-    longer holds. Bounded: it starts over when full.
+    Admission reads the same few keys for every transaction a sender submits, and
+    consecutive blocks read the same accounts (nonces, gas, balances); a store read
+    (an LMDB lookup through the state tree) each time was a fifth of a busy
+    validator's CPU. Every block this node commits passes its writes to
+    :meth:`applied`, which gives the cached keys their committed values, so the cache
+    always equals the committed state; anything else that changes the store (a state
+    snapshot) must :meth:`clear` it. Bounded: it starts over when full.
     """
 
     MAX_ENTRIES = 200_000
@@ -476,11 +491,28 @@ class CommittedReads:
         try:
             return self._values[key]
         except KeyError:
-            value = self._store.get(key)
-            if len(self._values) >= self.MAX_ENTRIES:
-                self._values.clear()
-            self._values[key] = value
-            return value
+            return self._remember(key, self._store.get(key))
+
+    def _remember(self, key: bytes, value) -> bytes | None:
+        if value is not None and type(value) is not bytes:
+            value = bytes(value)  # an LMDB buffer is valid only inside its transaction
+        if len(self._values) >= self.MAX_ENTRIES:
+            self._values.clear()
+        self._values[key] = value
+        return value
+
+    def over(self, reader) -> CachedReader:
+        """``reader`` (a snapshot of the committed state) behind this cache."""
+        return CachedReader(self, reader)
+
+    def applied(self, writes) -> None:
+        """A block with ``writes`` ({key: value, or None for a delete}) is committed."""
+        values = self._values
+        if not values:
+            return
+        for key, value in writes.items():
+            if key in values:
+                values[key] = value
 
     def forget(self, keys) -> None:
         values = self._values
@@ -491,6 +523,23 @@ class CommittedReads:
 
     def clear(self) -> None:
         self._values.clear()
+
+
+class CachedReader:
+    """A state reader for one block's execution: the committed-read cache, then the snapshot."""
+
+    __slots__ = ("_values", "_reads", "_reader")
+
+    def __init__(self, reads: CommittedReads, reader) -> None:
+        self._values = reads._values
+        self._reads = reads
+        self._reader = reader
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            return self._values[key]
+        except KeyError:
+            return self._reads._remember(key, self._reader.get(key))
 
 
 def decode_value(raw: bytes | None):

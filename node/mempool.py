@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 from ledger.tx import MAX_TX_SIZE, Transaction, TxError
 
@@ -257,7 +258,7 @@ class Mempool:
                 self._remove(pending[nonce])
         if self._arrivals:
             # Expired transactions can never be included; the oldest are checked first.
-            for tx_id in list(self._arrivals)[:256]:
+            for tx_id in list(islice(self._arrivals, 256)):
                 entry = self._by_id[tx_id]
                 if entry.tx.expiry <= height:
                     self._remove(tx_id)
