@@ -101,6 +101,11 @@ class Node:
         self.executor = Executor(admission=market_admission)
         self.chain = Chain(self.genesis, self.store, self.executor, logger=self.log)
         self.chain.ensure_genesis()
+        # Neighbouring shards' light clients learn this shard's validator changes from
+        # hand-over bundles built as their heights commit (shards/DESIGN.md section 2).
+        from node.handover import HandoverKeeper
+
+        self.handovers = HandoverKeeper.attach(self.chain, logger=self.log)
         self.chain.on_commit.append(self._committed)
         # The set in force for the next block; the chain's schedule (contracts/reconfig.py)
         # changes it at the heights consensus defines.
@@ -134,6 +139,9 @@ class Node:
         from node import api_sync
 
         self.snapshots = api_sync.register(self.api.app, self)
+        from node import api_handover
+
+        api_handover.register(self.api.app, self)
         self.syncing = False
         self.last_sync = None  # node.sync.SyncResult of the last snapshot installed
         self.node_metrics.height.set(self.chain.height)

@@ -31,6 +31,7 @@ import time
 import pytest
 
 from cli.tree_client import DESTINATION, ORIGIN, TreeClient, create_tree
+from ledger.httpclient import ApiError, Client
 from shards.errors import FlowRefused
 from shards.flow import edge_fee
 from shards.relayer import Channel, Relayer, ShardEndpoint
@@ -130,6 +131,13 @@ async def _story(net) -> dict:
         await tree.wait_flow(DESTINATION, flow_1, ("settled",), timeout_s=60)
         out["flow_1_settled"] = {s: await tree.flow(s, flow_1) for s in PATH}
         out["after_settle"] = await balances()
+        # Every shard node serves hand-over bundles (none yet: no validator set changed).
+        async with Client(net.url(ORIGIN)) as c:
+            try:
+                await c.request("GET", "/v1/shards/handover/1")
+                out["handover_1"] = None
+            except ApiError as exc:
+                out["handover_1"] = exc
     return out
 
 
@@ -165,6 +173,12 @@ def test_a_flow_across_five_shards_commits_on_every_hop(story):
     assert {h.shard: h.fee for h in story["quote_1"].hops} == fees(ENERGY_1)
     # The consumer paid the price and the fees (the whole budget: no level charged less).
     assert story["before"]["consumer"] - story["after_commit"]["consumer"] == PRICE + sum(fees(ENERGY_1).values())
+
+
+def test_every_shard_node_serves_hand_over_bundles_and_says_why_one_is_missing(story):
+    missing = story["handover_1"]
+    assert missing is not None and missing.code == "not_found"
+    assert "no validator epoch 1 is recorded yet" in missing.message
 
 
 def test_settlement_pays_each_level_its_own_grid_fee_and_the_producer_the_price(story):
