@@ -520,7 +520,7 @@ class Node:
                 return
             self._forget_dropped()
             self._proposed = (height + 1, time.monotonic())
-            self._step_guarded(lambda: self.driver.step(Propose(batch)))
+            self._step_guarded(lambda batch=batch: self.driver.step(Propose(batch)))
 
     def _nudge_leader(self, timeout: float) -> None:
         """BFT: transactions wait and nothing commits: offer a block, so every replica times the leader.
@@ -677,7 +677,7 @@ class Node:
         future = self.waiters.wait(tx_id)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self.store.tx_location(tx_id) is not None
         finally:
             self.waiters.forget(tx_id, future)
