@@ -291,3 +291,29 @@ def test_sim_stay_down_leaves_every_set_since_the_last_checkpoint_able_to_certif
         chosen.add(tuple(sorted(down)))
     assert ("n3", "n4") in chosen, "the members of one set only may stay down together"
     assert all(len(d) <= 2 for d in chosen)
+
+
+def test_sim_removal_after_the_heal_leaves_the_smaller_set_able_to_elect():
+    """Raft seed 13232 (found under v5): the heal left n0 and n4 down (two of five, within
+    tolerance), then a follow-up removal of live n2 made a set of four with two down, and
+    nothing could commit. A removal must count the replicas that stay down as faulty."""
+    from consensus.raft import SPEC as RAFT_SPEC
+    from consensus.sim.app import reconfig_set
+    from ledger.validators import ValidatorSet
+
+    sim = Simulation(RAFT_SPEC, 13232, faults="clean", n=3)
+    for name in ("n3", "n4"):
+        sim._add_node(sim.keyring.new_identity(name))
+    five = ValidatorSet(tuple(node.identity.validator for node in sim.nodes.values()))
+    sim.checker.latest_set = lambda: five
+    sim.stay_down = ["n0", "n4"]
+    removed = set()
+    for trial in range(30):
+        sim.rng.seed(trial)
+        digest = sim.reconfigure("remove")
+        assert digest is not None, "removing a validator that stays down is always possible"
+        smaller = reconfig_set(sim.pending[digest])
+        assert sim._faulty_in(smaller, sim.stay_down) <= RAFT_SPEC.max_faulty(smaller.n), [v.name for v in smaller.validators]
+        removed |= {v.name for v in five.validators} - {v.name for v in smaller.validators}
+        sim._pending_reconfig = None
+    assert removed == {"n0", "n4"}, "only a validator that stays down may go"

@@ -34,7 +34,7 @@ __all__ = ["CHAIN_ID", "SIM_VERSION", "RunResult", "SimNode", "Simulation"]
 
 # Bumped whenever the expansion of a seed changes (fault plans, client model, network
 # model): a seed names a scenario only together with this version.
-SIM_VERSION = 5  # v5: height-bound batches in the load
+SIM_VERSION = 6  # v5: height-bound batches in the load; v6: removals respect the stay-down nodes
 # Default liveness bound after the heal, in ticks: generous against election timeouts
 # (Raft draws in [T, 2T)) and doubled view-change timeouts (BFT), yet finite.
 DEFAULT_LIVENESS_FACTOR = 30
@@ -142,7 +142,6 @@ class Simulation(Cluster):
         current = self.checker.latest_set()
         members = [self._by_id[v.node_key] for v in current.validators]
         max_faulty = self.spec.max_faulty
-        byz = sum(1 for m in members if not m.honest)
         # Never shrink below the smallest set that tolerates a fault.
         lower = next(k for k in range(1, 16) if max_faulty(k) >= 1)
         if op == "add":
@@ -155,7 +154,12 @@ class Simulation(Cluster):
             if target is not None and self.nodes[target] not in members:
                 return None
             candidates = members if target is None else [self.nodes[target]]
-            candidates = [m for m in candidates if byz - (0 if m.honest else 1) <= max_faulty(current.n - 1)]
+            # The smaller set must tolerate its faulty members: the Byzantine ones and,
+            # after the heal, the ones that stay down (seed 13232 of v5 removed a live
+            # validator after the heal had left two of the remaining four down).
+            faulty = sum(1 for m in members if not m.honest or m.name in self.stay_down)
+            candidates = [m for m in candidates
+                          if faulty - (0 if m.honest and m.name not in self.stay_down else 1) <= max_faulty(current.n - 1)]
             if current.n <= lower or not candidates:
                 return None
             victim = candidates[self.rng.randrange(len(candidates))] if target is None else candidates[0]
