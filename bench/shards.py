@@ -1,7 +1,7 @@
 """``python -m bench.shards``: cross-shard flows over five shards on a devnet of real processes.
 
     .venv/bin/python -m bench.shards                 # 1 validator per shard, 12 flows
-    .venv/bin/python -m bench.shards --full          # genesis/three-levels.toml as written (26 validators)
+    .venv/bin/python -m bench.shards --full          # genesis/three-levels.toml as written (24 validators)
 
 Starts the topology devnet (``cli.devnet_shards``: every shard its own chain, one process
 per operator index, one relayer), lets a producer in ``ch/bern/breitenrain`` emit tokens
@@ -74,7 +74,7 @@ async def _bench(net: ShardDevnet, flows: int, energy_wh: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("--flows", type=int, default=12, help="flows one after another, then as many at once")
-    parser.add_argument("--full", action="store_true", help="the topology's own validator counts (26 validators)")
+    parser.add_argument("--full", action="store_true", help="the topology's own validator counts (24 validators)")
     parser.add_argument("--energy", type=int, default=1000, help="Wh per flow")
     parser.add_argument("--keep", help="keep the devnet in this directory")
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ the flow locked, reserved and committed hop by hop, a purchase over a bridge's c
 refused, the meters' readings reconciled in each shard, each level's grid fee collected
 at settlement, and every figure read back and verified from the observers. About two
 minutes more; ``--part market`` or ``--part tree`` tells one half only. The tree runs
-the topology's own validator counts (26 validators in 4 processes);
+the topology's own validator counts (24 validators in 4 processes);
 ``--tree-validators N`` gives every shard N instead (1 is lighter on a small machine).
 """
 

@@ -16,7 +16,7 @@ market deployed in each. Over the public HTTP API only, a consumer in
 Every figure is read with a proof and verified against the shard's genesis validators.
 
 Short form (``make test``, about a minute): one validator per shard, a 10-second
-elementary period, no observers. Full form, the topology's own validator counts (26
+elementary period, no observers. Full form, the topology's own validator counts (24
 validators in 4 processes), an observer per shard and two relayers::
 
     GRIDLEDGER_SHARDS_DEVNET_FULL=1 .venv/bin/pytest tests/test_shards_devnet.py
