@@ -124,7 +124,7 @@ def _no_duplicate_keys(pairs: list[tuple[Any, Any]]) -> dict:
 
 
 def _first_difference(a: bytes, b: bytes) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))

@@ -92,6 +92,6 @@ def verify_inclusion(root: bytes, item: bytes, index: int, size: int, proof: lis
     if len(sides) != len(proof):
         return False
     h = _leaf(item)
-    for sibling, right in zip(proof, reversed(sides)):
+    for sibling, right in zip(proof, reversed(sides), strict=True):
         h = _node(h, sibling) if right else _node(sibling, h)
     return h == root

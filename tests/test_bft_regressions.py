@@ -195,8 +195,8 @@ class _HeightBoundApp(SimApplication):
 def test_bft_own_pending_batch_that_became_invalid_is_dropped_not_resent_forever():
     """node-bugs #3: a validator's own batch (a block built for one height) that was never
     ordered was re-announced at every resend period, forever, and refused every time."""
-    from consensus.types import Propose
     from consensus.bft.messages import Request
+    from consensus.types import Propose
 
     c = Cluster()
     app = _HeightBoundApp()
@@ -219,7 +219,7 @@ def test_bft_backup_forgets_a_waiting_batch_that_a_commit_made_invalid_instead_o
     """A validator's nudge (a block built for height h) reaches every backup; the leader
     commits another block at h. The nudge can never be ordered: kept waiting, its fairness
     timer expired and the backups changed view against an honest leader."""
-    from consensus.types import Executed, Propose
+    from consensus.types import Propose
 
     c = Cluster()
     apps = {i: _HeightBoundApp() for i in range(4)}

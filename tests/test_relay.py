@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from nodeproc import TamperingProxy
 
-from cli.tree_client import TreeClient
 from cli.devnet_shards import ShardDevnet
 from cli.relay import RelayConfig, RelayConfigError
+from cli.tree_client import TreeClient
 from ledger.statekeys import state_key
 from shards.lightclient import LightClient
 from shards.relayer import (

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger import codec
-from ledger.block import Block, BlockError, BlockHeader, ZERO_HASH, receipts_root, tx_root
+from ledger.block import ZERO_HASH, Block, BlockError, BlockHeader, receipts_root, tx_root
 from ledger.crypto import PrivateKey
 from ledger.tx import MAX_TX_SIZE, Event, Receipt, Transaction, TxError
 

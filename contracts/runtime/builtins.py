@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Callable
 
 from contracts.runtime import gas as G
-from contracts.runtime.errors import ContractError, contract_failure, LimitExceeded
+from contracts.runtime.errors import ContractError, LimitExceeded, contract_failure
 from contracts.runtime.fixed import Fixed
 from contracts.runtime.meter import MeterFunctions
 from contracts.runtime.methods import _size, element_bytes, make_sorter
