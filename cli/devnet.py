@@ -238,13 +238,7 @@ class Devnet:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         node = self.node(name)
-        if node.pid is not None:
-            try:
-                os.kill(node.pid, sig)
-            except ProcessLookupError:
-                pass
-            if sig == signal.SIGKILL:
-                _reap(node.pid)
+        signal_process(node.pid, sig)
         node.pid = None
         self.save()
 
@@ -330,6 +324,18 @@ def _with_market(accounts: list[dict], contracts: list[dict], app_state: dict, g
 
 
 _HANDED_OUT: set[int] = set()
+
+
+def signal_process(pid: int | None, sig: int) -> None:
+    """Send ``sig`` to a devnet process if it runs; after SIGKILL, reap it."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    if sig == signal.SIGKILL:
+        _reap(pid)
 
 
 def _free_port() -> int:

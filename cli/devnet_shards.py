@@ -32,6 +32,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cli.devnet import _alive, _get, _reap, signal_process
 from ledger.crypto import PrivateKey
 from ledger.keystore import load_key, save_key
 
@@ -326,13 +327,7 @@ class ShardDevnet:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.process(name)
-        if process.pid is not None:
-            try:
-                os.kill(process.pid, sig)
-            except ProcessLookupError:
-                pass
-            if sig == signal.SIGKILL:
-                _reap(process.pid)
+        signal_process(process.pid, sig)
         process.pid = None
         self.save()
 
@@ -434,21 +429,3 @@ def _market(accounts: list[dict], genesis_time: int, period: int, currency: str,
     entries = market_genesis(first("grid_operator"), first("grid_operator"), [CurrencySpec(currency, first("bank"))],
                              genesis_time, members=members, params={"period_s": period, **(market_params or {})})
     return entries["contracts"], entries["app_state"]
-
-
-def _alive(pid: int) -> bool:
-    from cli.devnet import _alive as alive
-
-    return alive(pid)
-
-
-def _reap(pid: int) -> None:
-    from cli.devnet import _reap as reap
-
-    reap(pid)
-
-
-def _get(url: str) -> int | None:
-    from cli.devnet import _get as get
-
-    return get(url)

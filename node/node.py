@@ -59,14 +59,6 @@ GOSSIP_MAX_BATCH = 500
 EMPTY_BLOCK_INTERVAL_S = 1.0
 RECENT_REJECTIONS = 10_000
 MAX_NONCE_KEYS = 100_000  # senders whose nonce key is kept (Node.committed_nonce)
-# State sync (node/sync.py): a node more than this many blocks behind its sources installs
-# a certified state snapshot instead of replaying the blocks (0: always replay). Replay
-# re-executes every transaction; a snapshot costs the state's size once (bench/sync.py).
-# A store started from a snapshot holds no blocks below it: an observer that must serve
-# the full history sets 0. Until node/config.py has ``follow.sync_threshold`` the
-# environment variable below (the name that field will take) sets it.
-DEFAULT_SYNC_THRESHOLD = 1000
-SYNC_THRESHOLD_ENV = "GRIDLEDGER_FOLLOW_SYNC_THRESHOLD"
 
 
 class NodeError(RuntimeError):
@@ -751,18 +743,10 @@ class Node:
 
 
 def _sync_threshold(config: NodeConfig, given: int | None) -> int:
-    """The state sync threshold: the argument, ``follow.sync_threshold`` if the config has it, the environment, the default."""
+    """The state sync threshold: the argument, else ``follow.sync_threshold`` (which the
+    environment overrides as GRIDLEDGER_FOLLOW_SYNC_THRESHOLD, like every config field)."""
     if given is None:
-        given = getattr(config.follow, "sync_threshold", None)
-    if given is None:
-        text = os.environ.get(SYNC_THRESHOLD_ENV)
-        if text:
-            try:
-                given = int(text)
-            except ValueError:
-                raise ConfigError(f"{SYNC_THRESHOLD_ENV}={text!r} must be a number of blocks (0: never sync state)") from None
-    if given is None:
-        return DEFAULT_SYNC_THRESHOLD
+        given = config.follow.sync_threshold
     if given < 0:
         raise ConfigError(f"the state sync threshold is a number of blocks >= 0 (0: never sync state), not {given}")
     return given
