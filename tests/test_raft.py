@@ -281,6 +281,7 @@ _SHARED = Cluster()
 _uint = st.integers(min_value=0, max_value=2**40)
 _entry = st.builds(lambda t, d: m.Entry(t, m.BATCH, d), _uint, st.binary(max_size=40)) | st.builds(
     lambda t: m.Entry(t, m.NOOP, b""), _uint)
+_share = st.builds(m.CertShare, st.integers(1, 2**40), _uint, st.integers(0, 9), st.binary(min_size=64, max_size=64))
 _messages = st.one_of(
     st.builds(m.PreVote, _uint, _uint, _uint),
     st.builds(m.PreVoteReply, _uint, st.booleans()),
@@ -288,11 +289,13 @@ _messages = st.one_of(
     st.builds(m.VoteReply, _uint, st.booleans()),
     st.builds(lambda t, p, pt, es, c, cs: m.AppendEntries(t, p, pt, tuple(es), c, tuple(cs), None, None),
               _uint, _uint, _uint, st.lists(_entry, max_size=4), _uint,
-              st.lists(st.builds(m.CertShare, st.integers(1, 2**40), _uint, st.integers(0, 9), st.binary(min_size=64, max_size=64)), max_size=3)),
+              st.lists(_share, max_size=3)),
     st.builds(m.AppendReply, _uint, st.booleans(), _uint, _uint, _uint, _uint),
     st.builds(m.SnapshotReply, _uint, _uint, _uint),
     st.builds(m.CheckpointVote, _uint, st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32), st.binary(min_size=96, max_size=96)),
     st.builds(m.Forward, st.binary(max_size=64)),
+    st.builds(m.ShareRequest, _uint, _uint),
+    st.builds(lambda t, ss: m.ShareReply(t, tuple(ss)), _uint, st.lists(_share, max_size=3)),
 )
 
 
@@ -484,3 +487,54 @@ def test_raft_replica_removed_by_an_uncommitted_change_still_campaigns():
     assert commit.height == 1 and commit.batch == removal
     assert replica.role == FOLLOWER, "once its removal commits it steps down"
     assert not replica._eligible(), "and stays quiet"
+
+
+def test_raft_new_member_holding_the_latest_entries_leads_and_gets_the_old_sets_signatures():
+    """Found by seed 585 (simulator v6): the old leader replicated past a reconfiguration to
+    the new member only, then stayed down. The new member alone held the latest entries, so
+    it refused the others' votes, and it would not stand because it could not sign the
+    heights before the change: no leader, ever. It now leads and asks the old set's members
+    for the signatures of those heights."""
+    cluster = Cluster(n=4)
+    old = ValidatorSet(tuple(i.validator for i in cluster.ids[:3]))
+    cluster.config = ConsensusConfig(chain_id=CHAIN, validators=old)
+    first, add, third = make_batch(1, b"a"), make_reconfig(2, old.with_change(add=cluster.ids[3].validator)), make_batch(3, b"c")
+    log = [[1, m.NOOP, b""], [1, m.BATCH, first], [1, m.BATCH, add], [1, m.BATCH, third]]
+    def records(entries: list) -> dict:
+        out = {rec.HARD: rec.seal(rec.HARD, [1, None]), rec.TAIL: rec.seal(rec.TAIL, [len(entries), 1])}
+        for index, fields in enumerate(entries, 1):
+            out[rec.entry_key(index)] = rec.seal(rec.entry_key(index), fields)
+        return out
+
+    # n2 saw the change (so it needs the newcomer's vote), n0 only the no-op.
+    newcomer, n0, n2 = cluster.replica(3, records(log)), cluster.replica(0, records(log[:1])), cluster.replica(2, records(log[:3]))
+    assert cluster.node(3) in n2.log.latest_config()
+    assert not newcomer._log_up_to_date(n2.log.last_index, n2.log.last_term), "the newcomer refuses n2"
+    alive = {cluster.node(0): n0, cluster.node(2): n2, cluster.node(3): newcomer}
+    commits: dict[bytes, list[Commit]] = {key: [] for key in alive}
+
+    def run(sender: bytes, actions) -> None:
+        queue = [(sender, a) for a in actions]
+        while queue:
+            source, action = queue.pop(0)
+            if isinstance(action, Commit):
+                commits[source].append(action)
+            elif isinstance(action, Send) and action.to in alive:  # n1, the old leader, stays down
+                target = alive[action.to]
+                queue += [(action.to, a) for a in target.step(Receive(source, action.payload, now))]
+
+    now = newcomer.election_deadline
+    run(cluster.node(3), newcomer.step(Tick(now)))
+    assert newcomer.role == LEADER, "the only up-to-date member stands and wins"
+    for _ in range(3):
+        now = newcomer.heartbeat_due
+        run(cluster.node(3), newcomer.step(Tick(now)))
+    latest = old.with_change(add=cluster.ids[3].validator)
+    for key, replica in alive.items():
+        assert [c.height for c in commits[key]] == [1, 2, 3], key
+        for commit in commits[key]:
+            validators = old if commit.height <= 2 else latest
+            verify_commit_certificate(CHAIN, validators, commit.certificate, cluster.keyring)
+        assert not replica.counters.get("bad_commit_signature")
+    (signer, _), = commits[cluster.node(3)][0].certificate.signatures
+    assert old.validators[signer].node_key in (cluster.node(0), cluster.node(2)), "an old member signed height 1"

@@ -119,6 +119,11 @@ def describe(payload: bytes) -> str:
         return f"CheckpointVote h={msg.height}"
     if kind is m.Forward:
         return f"Forward {len(msg.batch)}B"
+    if kind is m.ShareRequest:
+        return f"ShareRequest t={msg.term} h={msg.height}"
+    if kind is m.ShareReply:
+        heights = f" h={msg.shares[0].height}..{msg.shares[-1].height}" if msg.shares else ""
+        return f"ShareReply t={msg.term}{heights}"
     return kind.__name__
 
 

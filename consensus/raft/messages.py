@@ -30,6 +30,8 @@ __all__ = [
     "PreVoteReply",
     "RaftMessageError",
     "RequestVote",
+    "ShareReply",
+    "ShareRequest",
     "SnapshotMeta",
     "SnapshotReply",
     "VoteReply",
@@ -354,13 +356,51 @@ class Forward:
         return cls(_bytes(f[0], "batch"))
 
 
+@dataclass(frozen=True, slots=True)
+class ShareRequest:
+    """A leader outside the set that certifies ``height`` asks that set's members to sign it.
+
+    A replica added by a reconfiguration may lead before it holds the commit signatures of
+    the heights just before the change, which only the old set can give.
+    """
+
+    TAG = 11
+    term: int
+    height: int
+
+    def fields(self) -> list:
+        return [self.term, self.height]
+
+    @classmethod
+    def parse(cls, f: list) -> ShareRequest:
+        return cls(_uint(f[0], "term"), _uint(f[1], "height"))
+
+
+@dataclass(frozen=True, slots=True)
+class ShareReply:
+    """Commit signatures a follower gives the leader, from the requested height on."""
+
+    TAG = 12
+    term: int
+    shares: tuple[CertShare, ...]
+
+    def fields(self) -> list:
+        return [self.term, [c.to_fields() for c in self.shares]]
+
+    @classmethod
+    def parse(cls, f: list) -> ShareReply:
+        return cls(_uint(f[0], "term"), tuple(CertShare.from_fields(c) for c in _list(f[1], "commit signatures")))
+
+
 Message = (PreVote | PreVoteReply | RequestVote | VoteReply | AppendEntries | AppendReply | InstallSnapshot
-           | SnapshotReply | CheckpointVote | Forward)
+           | SnapshotReply | CheckpointVote | Forward | ShareRequest | ShareReply)
 
 _TYPES = {cls.TAG: cls for cls in (PreVote, PreVoteReply, RequestVote, VoteReply, AppendEntries, AppendReply,
-                                   InstallSnapshot, SnapshotReply, CheckpointVote, Forward)}
+                                   InstallSnapshot, SnapshotReply, CheckpointVote, Forward, ShareRequest,
+                                   ShareReply)}
 _ARITY = {PreVote: 3, PreVoteReply: 2, RequestVote: 3, VoteReply: 2, AppendEntries: 8, AppendReply: 6,
-          InstallSnapshot: 2, SnapshotReply: 3, CheckpointVote: 4, Forward: 1}
+          InstallSnapshot: 2, SnapshotReply: 3, CheckpointVote: 4, Forward: 1, ShareRequest: 2, ShareReply: 2}
+
 
 
 def encode(message: Message) -> bytes:

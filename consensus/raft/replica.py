@@ -29,9 +29,11 @@ it and persist it before emitting ``Commit``. Every ``checkpoint_interval`` heig
 every replica BLS-signs the checkpoint and the leader aggregates a majority into a
 :class:`~ledger.certificate.CheckpointCertificate`.
 
-A replica stands for election only if it belongs to every validator set in force from
-the first height it holds no commit signature for: it must be able to sign what it
-commits.
+A leader outside the set that certifies a committed height (a validator added by a
+reconfiguration, leading before it holds the signatures of the heights just before the
+change) asks that set's members for them (``ShareRequest``): a member signs a height
+only once it knows the entry committed, exactly what the leader's own signature
+vouches for.
 """
 
 from __future__ import annotations
@@ -256,6 +258,7 @@ class RaftReplica(CheckpointsAndSnapshots):
                     return
             if now >= self.heartbeat_due:
                 self.heartbeat_due = now + max(1, self.config.heartbeat_ticks)
+                self._request_shares()
                 for peer, progress in self.progress.items():
                     if progress.inflight and now - progress.last_ack > 2 * self.config.heartbeat_ticks:
                         # Replies stopped: assume the pipeline was lost and resend from the match.
@@ -292,21 +295,14 @@ class RaftReplica(CheckpointsAndSnapshots):
         * A replica outside its latest configuration still campaigns while that change is
           uncommitted, as it may be needed to commit it (Raft dissertation, 4.1); its own
           vote does not count. Once it knows the change committed, it stays quiet.
-        * It must be able to sign what it would commit: a member of every set in force
-          from the first height it holds no commit signature for (a removed replica: up
-          to the change that removes it, after which it steps down).
+        * It need not be able to sign every height it would commit: a leader outside the
+          set of a height asks that set's members for the signature (``ShareRequest``).
+          Refusing to stand instead leaves a new member that alone holds the latest
+          entries unable to lead while it refuses every other candidate's vote.
         """
-        latest = self.log.latest_config()
-        member = self.id in latest
-        if not member and not self.log.config_in_flight(self.commit_index):
-            return False
-        frontier = self.applied_height
-        while frontier + 1 in self.certs:
-            frontier += 1
-        sets = self.log.sets_from_height(frontier + 1)
-        if not member:
-            sets = sets[1:]
-        return bool(sets) and all(self.id in validators for validators in sets)
+        if self.id in self.log.latest_config():
+            return True
+        return self.log.config_in_flight(self.commit_index)
 
     def _has_quorum(self, voters: dict[NodeId, bool]) -> bool:
         config = self.log.latest_config()
@@ -659,7 +655,7 @@ class RaftReplica(CheckpointsAndSnapshots):
                 digest = log.digest_at(index)
                 cert = self._certificate(height, digest)
                 if cert is None:
-                    break  # wait for the signature (or, leader, for a successor that can sign)
+                    break  # wait for the signature (a leader outside the set asks for it)
                 self._flush()
                 self._out.append(Commit(height, entry.data, digest, cert))
                 self.applied_height = height
@@ -699,13 +695,63 @@ class RaftReplica(CheckpointsAndSnapshots):
             return None
         signer = validators.index_of(self.id)
         if signer is None:
-            self._count("leader_not_in_set_for_height")
-            return None
+            return None  # a member of that set signs it (``_request_shares``)
         signature = self.signer.sign(Kind.RAFT_COMMIT, commit_vote_payload(height, self.term, digest))
         share = CertShare(height, self.term, signer, signature)
         self.certs[height] = share
         self._persist(rec.cert_key(height), [share.term, share.signer, share.signature])
         return CommitCertificate("raft", height, self.term, digest, ((signer, signature),))
+
+    def _request_shares(self) -> None:
+        """Leader: ask for the signature of the next height to apply when only another set can give it."""
+        if self.applied_index >= self.commit_index:
+            return
+        height = self.applied_height + 1
+        if height in self.certs:
+            return
+        validators = self.log.set_for_height(height)
+        if validators is None or self.id in validators:
+            return
+        request = m.ShareRequest(self.term, height)
+        for v in validators.validators:
+            self._send(v.node_key, request)
+
+    def _on_share_request(self, sender: NodeId, msg: m.ShareRequest) -> None:
+        """Follower: sign the committed heights from ``msg.height`` on that this replica's set certifies."""
+        if msg.term != self.term or self.role != FOLLOWER or self.leader != sender:
+            return
+        log = self.log
+        shares = []
+        height = msg.height
+        while len(shares) < CERTS_PER_MESSAGE:
+            share = self.certs.get(height)
+            if share is None:
+                index = log.index_of_height(height)
+                validators = log.set_for_height(height)
+                signer = None if validators is None else validators.index_of(self.id)
+                if index is None or index > self.commit_index or signer is None:
+                    break
+                signature = self.signer.sign(Kind.RAFT_COMMIT, commit_vote_payload(height, self.term, log.digest_at(index)))
+                share = CertShare(height, self.term, signer, signature)
+                if height > self.applied_height:
+                    self.certs[height] = share
+                    self._persist(rec.cert_key(height), [share.term, share.signer, share.signature])
+            shares.append(share)
+            height += 1
+        if not shares:
+            return
+        self._apply()
+        self._send(sender, m.ShareReply(self.term, tuple(shares)))
+
+    def _on_share_reply(self, msg: m.ShareReply) -> None:
+        """Leader: keep the signatures it lacked (``_certificate`` verifies them) and apply."""
+        if msg.term != self.term or self.role != LEADER:
+            return
+        for share in msg.shares:
+            if share.height > self.applied_height and share.height not in self.certs:
+                self.certs[share.height] = share
+                self._persist(rec.cert_key(share.height), [share.term, share.signer, share.signature])
+        self._apply()
 
     # ---------------------------------------------------------------- receiving
 
@@ -736,6 +782,10 @@ class RaftReplica(CheckpointsAndSnapshots):
             self._on_checkpoint_vote(sender, msg)
         elif kind is m.Forward:
             self._propose(msg.batch)
+        elif kind is m.ShareRequest:
+            self._on_share_request(sender, msg)
+        elif kind is m.ShareReply:
+            self._on_share_reply(msg)
 
 
 def _single_server_change(current: ValidatorSet, proposed: ValidatorSet) -> bool:
