@@ -309,6 +309,7 @@ class Bench:
         self.args = args
         self.root = root
         self.net = None
+        self.launcher = None  # cli.devnet.Devnet.launcher for the nodes it starts
         self.workers: list = []
         self.watcher: BlockWatcher | None = None
         self._watch: asyncio.Task | None = None
@@ -351,6 +352,7 @@ class Bench:
         # No energy market in genesis: the load is plain token transfers from any account.
         self.net = Devnet.create(self.root / f"net-{len(self.stalls)}", validators=a.validators, observers=0,
                                  protocol=a.protocol, params=self.params, market=False)
+        self.net.launcher = self.launcher
         self.net.start()
         try:
             self.net.wait_ready(120)
