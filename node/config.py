@@ -31,6 +31,7 @@ so the same image runs on a laptop devnet and in a container.
 
     [mempool]
     max_txs = 100000
+    max_backlog = 20000                # clients are told "busy" while this many wait (relays still fill max_txs)
     max_per_sender = 1000
 
     [log]
@@ -105,6 +106,7 @@ class StoreConfig:
 @dataclass(frozen=True)
 class MempoolConfig:
     max_txs: int = 100_000
+    max_backlog: int = 20_000
     max_per_sender: int = 1000
     nonce_window: int = 1000
 
@@ -197,6 +199,12 @@ class NodeConfig:
             raise ConfigError("api.tls needs a certificate: set api.cert_file/api.key_file, or key_file for the node's own")
         if self.store.map_size < 1 << 20:
             raise ConfigError("store.map_size must be at least 1 MiB")
+        for name in ("max_txs", "max_backlog", "max_per_sender", "nonce_window"):
+            if getattr(self.mempool, name) < 1:
+                raise ConfigError(f"mempool.{name} must be at least 1")
+        if self.mempool.max_backlog > self.mempool.max_txs:
+            raise ConfigError(f"mempool.max_backlog ({self.mempool.max_backlog}) cannot exceed mempool.max_txs "
+                              f"({self.mempool.max_txs})")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

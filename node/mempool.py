@@ -16,6 +16,11 @@ of their cost, and refuses with a stable reason code (the HTTP API returns it):
     not_active    the sender is suspended or banned (it may still redeem fiat)
     sender_limit  the sender already has the maximum number of waiting transactions
     mempool_full  the mempool is full of transactions that are not older than this one
+    busy          a client's submission while the node already has a backlog of
+                  ``max_backlog`` waiting transactions (several blocks' worth): refused
+                  before its signature is checked, so an overload costs the node little
+                  and its blocks keep committing; retry shortly. Transactions relayed by
+                  other validators are still admitted up to ``max_txs``.
 
 Nonces are sequential per sender: a transaction waits until every lower nonce of its
 sender is in a block. The window bounds how far ahead a sender may queue, so one
@@ -50,6 +55,7 @@ REASONS = (
     "not_active",
     "sender_limit",
     "mempool_full",
+    "busy",
 )
 
 
@@ -73,6 +79,7 @@ class Mempool:
         chain_id: str,
         *,
         max_txs: int = 100_000,
+        max_backlog: int | None = None,
         max_per_sender: int = 1000,
         nonce_window: int = 1000,
         max_gas: int = 1 << 34,
@@ -81,6 +88,7 @@ class Mempool:
     ) -> None:
         self.chain_id = chain_id
         self.max_txs = max_txs
+        self.max_backlog = max_txs if max_backlog is None else min(max_backlog, max_txs)
         self.max_per_sender = max_per_sender
         self.nonce_window = nonce_window
         self.max_gas = max_gas
@@ -103,6 +111,14 @@ class Mempool:
         return self._by_id.get(tx_id)
 
     # ---------------------------------------------------------------- admission
+
+    def refuse_if_busy(self) -> None:
+        """Refuse a client's submission while ``max_backlog`` transactions wait (code ``busy``)."""
+        if len(self._by_id) >= self.max_backlog:
+            raise self._reject(
+                "busy", f"the node has {len(self._by_id)} transactions waiting for blocks (it takes new "
+                f"submissions below {self.max_backlog}); retry shortly"
+            )
 
     def check(self, raw: bytes, height: int, *, verify_signature: bool = True) -> Transaction:
         """Everything admission checks except capacity; raises :class:`TxRejected`."""

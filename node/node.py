@@ -106,7 +106,8 @@ class Node:
         self.peer_tls = None
         self._nonce_keys: dict[bytes, bytes] = {}  # sender public key -> its nonce's state key
         self.mempool = Mempool(
-            self.chain_id, max_txs=config.mempool.max_txs, max_per_sender=config.mempool.max_per_sender,
+            self.chain_id, max_txs=config.mempool.max_txs, max_backlog=config.mempool.max_backlog,
+            max_per_sender=config.mempool.max_per_sender,
             nonce_window=config.mempool.nonce_window, max_gas=self.genesis.param("block_gas_limit"),
             next_nonce=self.committed_nonce, policy=self._admission,
         )
@@ -596,7 +597,9 @@ class Node:
             key = self._nonce_keys[sender_public_key] = nonce_key(Address.from_public_key(sender_public_key).raw)
         return decode_int(self.chain.reads.get(key))
 
-    def _admit(self, raw: bytes, height: int | None = None) -> Transaction:
+    def _admit(self, raw: bytes, height: int | None = None, *, client: bool = True) -> Transaction:
+        if client:
+            self.mempool.refuse_if_busy()
         if height is None:
             height = self.chain.height
         tx = self.mempool.check(raw, height)
@@ -616,7 +619,7 @@ class Node:
         height = self.chain.height
         for raw in raws:
             try:
-                self._admit(raw, height)
+                self._admit(raw, height, client=False)
             except TxRejected:
                 pass  # duplicates are normal in gossip; the rest is counted by the mempool
 

@@ -41,7 +41,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "internal": (500, "The node failed to answer this request; it keeps serving others. Reported in its log."),
     "not_ready": (503, "The node has no committed state yet, or is not ready (catching up, no quorum)."),
     "not_certified": (503, "The block at the read height has no commit certificate yet; retry shortly."),
-    "busy": (503, "Too many open event streams; retry later."),
+    "busy": (503, "The node is at capacity (a backlog of waiting transactions, or too many open event streams); retry shortly."),
     "unavailable": (503, "The node cannot handle this now (an observer cannot reach a validator); retry later."),
 }
 
@@ -302,7 +302,7 @@ WAIT = Param("wait", "query", "`commit`: answer only once the transaction is com
 TIMEOUT = Param("timeout_ms", "query", "How long wait=commit waits, in milliseconds (default 10000).",
                 {"type": "integer", "minimum": 0, "maximum": 60000})
 TX_ERRORS = ("malformed", "bad_request", "too_large", "timeout", "wrong_chain", "expired", "gas_limit", "bad_nonce",
-             "bad_signature", "not_member", "not_allowed", "not_active", "duplicate", "sender_limit", "mempool_full", "unavailable")
+             "bad_signature", "not_member", "not_allowed", "not_active", "duplicate", "sender_limit", "mempool_full", "busy", "unavailable")
 
 # ---------------------------------------------------------------- the table
 

@@ -123,3 +123,25 @@ def test_remove_committed_drops_included_and_stale():
     nonces[ALICE.public_key.raw] = 2  # a block carried nonces 0 and 1 (a1 via another node)
     pool.remove_committed([a0.tx_id], 1)
     assert len(pool) == 0
+
+
+def test_a_backlog_makes_client_submissions_busy_but_not_relayed_ones():
+    pool = _pool(max_txs=4, max_backlog=2)
+    pool.refuse_if_busy()
+    pool.add(_tx(nonce=0).encode(), 0)
+    pool.add(_tx(nonce=1).encode(), 0)
+    with pytest.raises(TxRejected) as exc:
+        pool.refuse_if_busy()
+    assert exc.value.code == "busy" and "2 transactions waiting" in exc.value.message
+    assert pool.rejected["busy"] == 1
+    pool.add(_tx(nonce=2).encode(), 0)  # a validator's relay is still taken, up to max_txs
+    pool.remove_committed([_tx(nonce=n).tx_id for n in range(3)], 1)
+    pool.refuse_if_busy()  # room again
+    assert _pool(max_txs=3, max_backlog=10).max_backlog == 3
+
+
+def test_config_refuses_a_backlog_above_the_pool():
+    from node.config import ConfigError, NodeConfig
+
+    with pytest.raises(ConfigError, match="max_backlog .* cannot exceed mempool.max_txs"):
+        NodeConfig.from_dict({"key_file": "k.json", "mempool": {"max_txs": 10, "max_backlog": 11}}).check()

@@ -106,6 +106,41 @@ def test_devnet_commits_a_transfer_and_the_observer_serves_a_verified_proof(tmp_
             assert proxy.tampered == 2
 
 
+# ---------------------------------------------------------------------- overload
+
+
+def test_validator_with_a_backlog_tells_clients_busy_and_keeps_committing(tmp_path, monkeypatch):
+    """A node that already holds ``mempool.max_backlog`` waiting transactions refuses new
+    submissions with ``busy`` (HTTP 503) before checking their signatures; what it took
+    commits, and the refused ones go through once it has room."""
+    monkeypatch.setenv("GRIDLEDGER_MEMPOOL_MAX_BACKLOG", "5")
+    holder, recipient = _key(3), _key(4)
+    with devnet(tmp_path / "net", protocol="raft", validators=3, observers=0) as net:
+
+        async def body():
+            await deploy_token(net, [holder], amount=1_000)
+            account = Account(holder, chain_id=net.chain_id)
+            transfers = [account.call("token", "transfer", [recipient.address.raw, 1]) for _ in range(12)]
+            async with api(net.validators()[0], timeout=30.0) as c:
+                # One request: nothing commits while its items are admitted, so the sixth finds five waiting.
+                results = await c.submit_many(transfers)
+                taken = [r for r in results if r.status != "rejected"]
+                refused = [r for r in results if r.status == "rejected"]
+                assert len(taken) == 5 and [t.tx_id for t in taken] == [t.tx_id for t in transfers[:5]], results
+                assert {r.error[0] for r in refused} == {"busy"}, refused
+                assert "retry shortly" in refused[0].error[1]
+                for tx in transfers[:5]:
+                    assert (await c.submit(tx, wait=True, timeout_s=20)).committed
+                # With the backlog gone, the refused transfers are taken and commit (five at a time).
+                for i in range(5, 12, 5):
+                    done = await c.submit_many(transfers[i:i + 5], wait=True, timeout_s=20)
+                    assert all(r.committed for r in done), done
+                assert await c.state("token", "balances", [recipient.address.raw]) == 12
+
+        asyncio.run(body())
+        check_alive(net)
+
+
 # ---------------------------------------------------------------------- restart of the whole devnet
 
 
