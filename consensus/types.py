@@ -228,7 +228,16 @@ class Application(Protocol):
 
     def digest(self, batch: bytes) -> bytes: ...
 
-    def validate(self, height: int, batch: bytes) -> bool: ...
+    def validate(self, height: int, batch: bytes) -> bool | None:
+        """May ``batch`` be the block at ``height``?
+
+        ``None``: the application cannot tell yet, because the answer depends on a height
+        it has not executed (a ledger's block can be checked only on its parent's
+        state). A BFT backup then holds the pre-prepare and asks again once it has
+        executed the height below; every other caller asks about the next height only,
+        and treats ``None`` as a refusal.
+        """
+        ...
 
     def validator_set_change(self, height: int, batch: bytes) -> ValidatorSet | None:
         """The validator set that takes effect after ``height`` if this batch changes it."""

@@ -235,10 +235,16 @@ class Chain:
             self._decoded.pop(next(iter(self._decoded)))
         self._decoded[key] = block
 
-    def validate(self, height: int, batch: bytes) -> bool:
-        """Consensus asks before voting: is this batch an acceptable block at ``height``?"""
+    def validate(self, height: int, batch: bytes) -> bool | None:
+        """Consensus asks before voting: is this batch an acceptable block at ``height``?
+
+        None while the block's parent is not committed here: a block is checked by
+        executing it on its parent's state (a BFT backup holds it until then).
+        """
         if not batch:
             return True
+        if height > self.height + 1:
+            return None
         try:
             self.check_proposal(height, batch)
         except (BlockError, ChainError) as exc:

@@ -28,7 +28,7 @@ from consensus.bft.messages import (
     vote_payload,
 )
 from consensus.bft.viewchange import new_view_plan
-from consensus.sim.app import SimApplication, make_batch, make_invalid_batch
+from consensus.sim.app import SimApplication, make_batch, make_bound_batch, make_invalid_batch
 from consensus.sim.keys import Keyring
 from consensus.types import (
     Broadcast,
@@ -289,6 +289,33 @@ def test_bft_invalid_batch_from_leader_starts_a_view_change_without_voting():
     assert not [m for m in out if isinstance(m, Prepare)]
     assert [m.new_view for m in out if isinstance(m, ViewChange)] == [1]
     assert backup.view == 1 and not backup.active
+
+
+def test_bft_backup_holds_a_block_that_arrives_before_its_parent_commits():
+    """A ledger checks block h + 1 on the state after h. When the leader's pre-prepare for
+    h + 1 overtakes the last commit vote this backup needs for h (the leader heard from a
+    quorum first), the application cannot judge it yet: the backup holds it, judges it
+    once h is executed, and prepares it, instead of blaming an honest leader."""
+    c = Cluster()
+    app = SimApplication(in_order=True)
+    backup = BftReplica(c.config, c.ids[2].signer, c.ring, app)
+    started(backup)
+    first, second = make_bound_batch(1, 1), make_bound_batch(2, 2)
+    d1 = app.digest(first)
+    backup.step(Receive(c.node(0), encode(c.pre_prepare(0, 0, 1, first))))
+    for i in (1, 3):
+        backup.step(Receive(c.node(i), encode(c.prepare(i, 0, 1, d1))))
+    actions = backup.step(Receive(c.node(0), encode(c.pre_prepare(0, 0, 2, second))))
+    assert not [m for m in sends(actions) if isinstance(m, (Prepare, ViewChange))]
+    assert backup.view == 0 and backup.active
+    actions = []
+    for i in (0, 1):
+        vote = CommitVote(0, 1, d1, c.sign(i, Kind.COMMIT, vote_payload(1, 0, d1)))
+        actions += backup.step(Receive(c.node(i), encode(vote)))
+    assert [a.height for a in actions if isinstance(a, Commit)] == [1]
+    actions = backup.step(Executed(1, d1, app.execute(1, d1)))
+    assert [(m.seq, m.digest) for m in sends(actions) if isinstance(m, Prepare)] == [(2, app.digest(second))]
+    assert backup.view == 0 and backup.active
 
 
 def test_bft_equivocation_proven_by_two_pre_prepares_starts_a_view_change():

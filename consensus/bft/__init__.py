@@ -68,4 +68,5 @@ SPEC = ProtocolSpec(
     is_leader=is_leader,
     reconfig_effective_after=effective_after,
     audit=audit,
+    validates_in_order=True,
 )

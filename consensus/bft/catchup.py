@@ -39,6 +39,7 @@ class CatchUpMixin:
             raise ConsensusError(f"the driver executed digest {event.digest.hex()[:16]} at {height}, not the committed batch")
         if height == self.committed:
             self._drop_stale_pending()
+            self._judge_held()
         if height % self.k or height in self.my_checkpoint_votes:
             return
         validators = self.schedule.set_for(height)

@@ -24,6 +24,9 @@ class Slot:
     pp_signature: bytes | None = None
     batch: bytes | None = None  # the batch with that digest, once validated (b"" for null)
     invalid: bool = False  # the application refused the batch: never vote for it
+    # The pre-prepare's batch while the application cannot judge it yet (its parent is
+    # not executed here): judged once the height below is executed.
+    unchecked: bytes | None = None
     prepares: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)  # sender -> (digest, sig)
     commits: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)
     sent_prepare: bool = False

@@ -5,7 +5,10 @@
   PRE-PREPARE carrying the batch.
 * A backup accepts one pre-prepare per (view, seq): from the leader, inside the
   window, correctly signed, whose batch has the digest claimed and passes
-  ``Application.validate``. It then signs a PREPARE. A leader that signs an invalid
+  ``Application.validate``. It then signs a PREPARE. A batch the application cannot
+  judge before executing the height below (``validate`` answers None: a block arrives
+  before this backup has collected the commit votes of its parent) waits in the slot
+  and is judged right after that execution, instead of being taken for an invalid one. A leader that signs an invalid
   batch or two different batches for one sequence number has proven itself faulty:
   the backup starts a view change at once.
 * Prepared = the pre-prepare + prepares of quorum - 1 distinct other members for the
@@ -173,12 +176,26 @@ class NormalCaseMixin:
             if decided is not None and decided[1].digest == slot.digest:
                 slot.batch = batch
             return
-        if not self.app.validate(slot.seq, batch):
+        verdict = self.app.validate(slot.seq, batch)
+        if verdict is None:
+            slot.unchecked = batch  # judged once the height below is executed (_judge_held)
+            self.stats["pre-prepare held until its parent is executed"] += 1
+            return
+        slot.unchecked = None
+        if not verdict:
             slot.invalid = True
             self.stats["view change: leader proposed an invalid batch"] += 1
             self._start_view_change(self.view + 1)
             return
         slot.batch = batch
+
+    def _judge_held(self) -> None:
+        """After executing the committed height: judge the next slot's held batch."""
+        slot = self.slots.get(self.committed + 1)
+        if slot is None or slot.unchecked is None or slot.batch is not None or slot.invalid:
+            return
+        self._accept_batch(slot, slot.unchecked)
+        self._maybe_prepare(slot)
 
     def _maybe_prepare(self, slot: Slot) -> None:
         if slot.sent_prepare or slot.batch is None or slot.invalid or not self.is_member:
@@ -262,7 +279,12 @@ class NormalCaseMixin:
             votes = slot.matching(slot.commits, digest)
             if len(votes) < validators.bft_quorum:
                 continue
-            batch = slot.batch if slot.digest == digest and slot.batch is not None else self._find_batch(slot.seq, digest)
+            if slot.digest == digest and slot.batch is not None:
+                batch = slot.batch
+            elif slot.digest == digest and slot.unchecked is not None:
+                batch = slot.unchecked  # a quorum committed it before this replica could judge it
+            else:
+                batch = self._find_batch(slot.seq, digest)
             if batch is None:
                 self.wanted[digest] = slot.seq
                 return

@@ -101,7 +101,8 @@ def bound_height(batch: bytes) -> int | None:
 class SimApplication:
     """One replica's application state: height, running state root, roots by height."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, in_order: bool = False) -> None:
+        self.in_order = in_order  # judge a height-bound batch only once its parent is executed
         self.height = 0
         self.state_root = GENESIS_ROOT
         self.roots: dict[int, bytes] = {0: GENESIS_ROOT}
@@ -113,11 +114,13 @@ class SimApplication:
     def digest(self, batch: bytes) -> bytes:
         return hashlib.sha256(batch).digest()
 
-    def validate(self, height: int, batch: bytes) -> bool:
+    def validate(self, height: int, batch: bytes) -> bool | None:
         # b"" is the null batch BFT commits to fill a view-change gap: valid and empty.
         if batch == b"":
             return True
         kind, extra = _parse(batch)
+        if kind == "bound" and self.in_order and height > self.height + 1:
+            return None  # like a ledger's block: checkable on its parent's state only
         return kind in ("batch", "reconfig") or (kind == "bound" and extra == height)
 
     def validator_set_change(self, height: int, batch: bytes) -> ValidatorSet | None:

@@ -177,7 +177,8 @@ class Cluster:
         return ConsensusConfig(**values)
 
     def _add_node(self, identity: SimIdentity, byzantine: str | None = None) -> SimNode:
-        node = SimNode(identity.name, identity, self._config_for(len(self.nodes)), byzantine)
+        node = SimNode(identity.name, identity, self._config_for(len(self.nodes)), byzantine,
+                       app=SimApplication(in_order=self.spec.validates_in_order))
         self.nodes[node.name] = node
         self._by_id[identity.node_id] = node
         return node

@@ -34,7 +34,8 @@ __all__ = ["CHAIN_ID", "SIM_VERSION", "RunResult", "SimNode", "Simulation"]
 
 # Bumped whenever the expansion of a seed changes (fault plans, client model, network
 # model): a seed names a scenario only together with this version.
-SIM_VERSION = 6  # v5: height-bound batches in the load; v6: removals respect the stay-down nodes
+SIM_VERSION = 7  # v5: height-bound batches in the load; v6: removals respect the stay-down nodes;
+# v7: BFT applications judge a height-bound batch only on its parent's state
 # Default liveness bound after the heal, in ticks: generous against election timeouts
 # (Raft draws in [T, 2T)) and doubled view-change timeouts (BFT), yet finite.
 DEFAULT_LIVENESS_FACTOR = 30

@@ -55,3 +55,7 @@ class ProtocolSpec:
     # "two leaders in one term"), as messages; the simulator asks every honest replica
     # before it crashes and at the end of the run, and counts each as a violation.
     audit: Callable[[Replica], list[str]] | None = None
+    # The replicas' applications judge a height-bound batch only on its parent's state,
+    # as a ledger checks a block: ``validate`` answers None above the executed height
+    # + 1 (see consensus.types.Application.validate).
+    validates_in_order: bool = False
