@@ -108,6 +108,8 @@ class Follower:
                     raise TxRejected(exc.code, exc.message) from None
                 last = exc
                 self.source.rotate()
+        if last is not None and last.code == "busy":
+            raise TxRejected("busy", f"every validator is busy: {last.message}")
         raise TxRejected("unavailable", f"no validator accepted the transaction: {last}")
 
     async def forward_many(self, raws: Sequence[bytes]) -> list[bytes | TxRejected]:
