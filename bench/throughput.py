@@ -25,7 +25,10 @@ Each probe lists the non-empty blocks first seen in its window and their mean si
 the rate. ``load_average`` is the machine's 1-minute load when the run began and ended.
 
 A failing rate leaves a backlog; the next probe starts once it is committed (at most
-``--drain`` seconds). A shard that does not work off its backlog in that time is
+``--drain`` seconds). Transactions a node refused as ``busy`` (its backlog is full) are
+resubmitted meanwhile, in nonce order, as a client retries them (``retried`` in a
+probe's summary); dropped, they would leave nonce gaps that keep every later
+transaction of their accounts waiting. A shard that does not work off its backlog in that time is
 reported in ``stalled_after_rates`` and replaced by a fresh devnet, so one overload
 that wedges the shard does not hide the figures of the rates below it.
 
@@ -119,6 +122,7 @@ def _worker(conn, urls: list[str], chain_id: str, seeds: list[bytes], recipients
     keys = [PrivateKey(s) for s in seeds]
     nonces = [0] * len(keys)
     prepared: list[tuple[bytes, bytes, int]] = []  # (tx id, encoded, account index)
+    retry: list[tuple[bytes, bytes, int]] = []  # refused as busy in the last probe, in nonce order
     loop = asyncio.new_event_loop()
     clients = [Client(u, timeout=60.0, max_connections=16) for u in urls]
     turn = 0
@@ -138,7 +142,12 @@ def _worker(conn, urls: list[str], chain_id: str, seeds: list[bytes], recipients
                 conn.send(len(prepared))
             elif command == "go":
                 start_at, rate = args
-                conn.send(loop.run_until_complete(_submit_all(clients, prepared, start_at, rate)))
+                result = loop.run_until_complete(_submit_all(clients, prepared, start_at, rate))
+                retry = result.pop("retry")
+                conn.send(result)
+            elif command == "retry":
+                (until,) = args
+                conn.send(loop.run_until_complete(_retry(clients, retry, until)))
             elif command == "resync":
                 (dirty,) = args
                 conn.send(loop.run_until_complete(_resync(clients[0], keys, nonces, dirty)))
@@ -150,31 +159,47 @@ def _worker(conn, urls: list[str], chain_id: str, seeds: list[bytes], recipients
         loop.close()
 
 
+# Refusals a client retries shortly (the node said so); any other refusal makes the
+# worker take the account's next nonce from the node before its next probe.
+RETRY_CODES = frozenset({"busy", "mempool_full"})
+
+
 async def _submit_all(clients, prepared, start_at: float, rate: float) -> dict:
-    """Submit ``prepared`` at ``rate`` per second from ``start_at``; returns what was accepted when."""
+    """Submit ``prepared`` at ``rate`` per second from ``start_at``; returns what was accepted when.
+
+    Items refused with a retry code are kept (``retry``, in nonce order) for :func:`_retry`:
+    a client that drops them would leave a gap in its account's nonces, and every later
+    transaction of that account would wait in the mempool for ever.
+    """
     from ledger.httpclient import ApiError
 
     sent: list[tuple[bytes, float]] = []
     rejected: dict[str, int] = {}
     dirty: set[int] = set()
+    retry: list[tuple[int, tuple[bytes, bytes, int]]] = []
     tasks = []
     turn = 0
 
-    async def submit(client, batch) -> None:
+    def refused(position: int, item: tuple[bytes, bytes, int], code: str) -> None:
+        rejected[code] = rejected.get(code, 0) + 1
+        if code in RETRY_CODES:
+            retry.append((position, item))
+        else:
+            dirty.add(item[2])
+
+    async def submit(client, first: int, batch) -> None:
         at = time.monotonic()
         try:
             results = await client.submit_many([raw for _, raw, _ in batch])
         except ApiError as exc:
-            rejected[exc.code] = rejected.get(exc.code, 0) + len(batch)
-            dirty.update(a for _, _, a in batch)
+            for i, item in enumerate(batch):
+                refused(first + i, item, exc.code)
             return
-        for (tx_id, _, a), r in zip(batch, results, strict=True):
+        for i, (item, r) in enumerate(zip(batch, results, strict=True)):
             if r.status in ("pending", "committed"):
-                sent.append((tx_id, at))
+                sent.append((item[0], at))
             else:
-                code = r.error[0] if r.error else r.status
-                rejected[code] = rejected.get(code, 0) + 1
-                dirty.add(a)
+                refused(first + i, item, r.error[0] if r.error else r.status)
 
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     done = 0
@@ -182,13 +207,51 @@ async def _submit_all(clients, prepared, start_at: float, rate: float) -> dict:
         due = min(len(prepared), int((time.monotonic() - start_at + TICK_S) * rate))
         while done < due:
             batch = prepared[done:min(due, done + MAX_BATCH)]
+            tasks.append(asyncio.create_task(submit(clients[turn % len(clients)], done, batch)))
             done += len(batch)
-            tasks.append(asyncio.create_task(submit(clients[turn % len(clients)], batch)))
             turn += 1
         await asyncio.sleep(TICK_S)
     finished = time.monotonic()
     await asyncio.gather(*tasks)
-    return {"sent": sent, "rejected": rejected, "dirty": sorted(dirty), "send_s": finished - start_at}
+    retry.sort(key=lambda r: r[0])
+    return {"sent": sent, "rejected": rejected, "dirty": sorted(dirty), "send_s": finished - start_at,
+            "retry": [item for _, item in retry]}
+
+
+async def _retry(clients, items: list[tuple[bytes, bytes, int]], until: float) -> dict:
+    """Resubmit refused items in nonce order, backing off while the node is busy, until ``until``.
+
+    Returns the accepted ones (``sent``, not counted as in time) and the accounts whose
+    items were still refused (``dirty``).
+    """
+    from ledger.httpclient import ApiError
+
+    sent: list[tuple[bytes, float]] = []
+    delay = 0.1
+    turn = 0
+    while items and time.monotonic() < until:
+        batch = items[:MAX_BATCH]
+        try:
+            results = await clients[turn % len(clients)].submit_many([raw for _, raw, _ in batch])
+        except ApiError:
+            results = None
+        turn += 1
+        left = []
+        if results is not None:
+            for item, r in zip(batch, results, strict=True):
+                if r.status in ("pending", "committed"):
+                    sent.append((item[0], time.monotonic()))
+                elif r.error and r.error[0] in RETRY_CODES:
+                    left.append(item)
+        else:
+            left = batch
+        items = left + items[MAX_BATCH:]
+        if left:
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
+        else:
+            delay = 0.1
+    return {"sent": sent, "dirty": sorted({a for _, _, a in items})}
 
 
 async def _resync(client, keys, nonces: list[int], dirty: list[int]) -> int:
@@ -213,6 +276,7 @@ class Probe:
     rejected: dict = field(default_factory=dict)
     window_s: float = 0.0
     drained: bool = True  # every accepted transaction committed before the drain deadline
+    retried: int = 0  # refused as busy in the window, accepted when resubmitted during the drain
     blocks: int = 0  # blocks first seen within the window and its grace
     block_txs: int = 0  # their transactions
 
@@ -229,6 +293,8 @@ class Probe:
                "holds": self.holds, "committed_per_s": round(self.committed_per_s)}
         if self.rejected:
             out["rejected"] = self.rejected
+        if self.retried:
+            out["retried"] = self.retried
         if self.blocks:
             out["blocks"] = self.blocks
             out["txs_per_block"] = round(self.block_txs / self.blocks)
@@ -425,14 +491,20 @@ class Bench:
         in_window = [n for at, n in self.watcher.blocks if start_at <= at <= deadline and n]
         p.blocks, p.block_txs = len(in_window), sum(in_window)
         # Let the backlog drain before the next probe; its CPU counts against this probe.
+        # Transactions refused as busy are resubmitted meanwhile, as a client does.
         drain_deadline = time.monotonic() + a.drain
-        while time.monotonic() < drain_deadline and any(t not in seen for t, _ in sent):
+        for _, conn in self.workers:
+            conn.send(("retry", drain_deadline))
+        retried = await asyncio.gather(*(loop.run_in_executor(None, conn.recv) for _, conn in self.workers))
+        late = [s for r in retried for s in r["sent"]]
+        while time.monotonic() < drain_deadline and any(t not in seen for t, _ in sent + late):
             await asyncio.sleep(0.1)
         p.cpu_s = _cpu_s(self.node_pids()) - cpu_before
         p.committed = sum(1 for t, _ in sent if t in seen)
-        p.drained = p.committed == p.accepted
+        p.retried = len(late)
+        p.drained = p.committed == p.accepted and all(t in seen for t, _ in late) and not any(r["dirty"] for r in retried)
         p.latencies_ms = [(seen[t] - at) * 1000 for t, at in sent if t in seen]
-        dirty = [r["dirty"] for r in results]
+        dirty = [sorted(set(r["dirty"]) | set(q["dirty"])) for r, q in zip(results, retried, strict=True)]
         if any(dirty):
             for (_, conn), d in zip(self.workers, dirty, strict=True):
                 conn.send(("resync", d))
@@ -513,12 +585,14 @@ class Bench:
         finally:
             await self.down()
         lat = sorted(half.latencies_ms) if half and half.latencies_ms else []
+        p99 = _percentile(lat, 99, half.offered) if lat else None
         return {
             "protocol": a.protocol,
             "validators": a.validators,
             "max_committed_tx_per_s": round(best.committed_per_s) if best and best.holds else 0,
             "p50_commit_ms": round(statistics.median(lat)) if lat else None,
-            "p99_commit_ms": round(_percentile(lat, 99, half.offered)) if lat else None,
+            # None when more than 1 % of the half rate's transactions never committed.
+            "p99_commit_ms": round(p99) if p99 is not None and p99 != float("inf") else None,
             "cpu_s_per_1000_tx": round(1000 * best.cpu_s / best.committed, 3) if best and best.committed else None,
             "ed25519_bound_tx_per_s": round(bound),
             "node_rss_mb": round(rss),
