@@ -8,9 +8,9 @@
   ``Application.validate``. It then signs a PREPARE. A batch the application cannot
   judge before executing the height below (``validate`` answers None: a block arrives
   before this backup has collected the commit votes of its parent) waits in the slot
-  and is judged right after that execution, instead of being taken for an invalid one. A leader that signs an invalid
-  batch or two different batches for one sequence number has proven itself faulty:
-  the backup starts a view change at once.
+  and is judged right after that execution, instead of being taken for an invalid one.
+  A leader that signs an invalid batch or two different batches for one sequence
+  number has proven itself faulty: the backup starts a view change at once.
 * Prepared = the pre-prepare + prepares of quorum - 1 distinct other members for the
   same digest (2f + 1 validators in all). The prepared certificate is persisted
   before the COMMIT vote leaves.

@@ -402,7 +402,6 @@ _ARITY = {PreVote: 3, PreVoteReply: 2, RequestVote: 3, VoteReply: 2, AppendEntri
           InstallSnapshot: 2, SnapshotReply: 3, CheckpointVote: 4, Forward: 1, ShareRequest: 2, ShareReply: 2}
 
 
-
 def encode(message: Message) -> bytes:
     return codec.encode([message.TAG, *message.fields()])
 

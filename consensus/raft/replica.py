@@ -538,10 +538,7 @@ class RaftReplica(CheckpointsAndSnapshots):
         self._reset_election_deadline()
         if msg.checkpoint is not None:
             self._learn_checkpoint(msg.checkpoint, msg.checkpoint_validators)
-        for share in msg.certs:
-            if share.height > self.applied_height and share.height not in self.certs:
-                self.certs[share.height] = share
-                self._persist(rec.cert_key(share.height), [share.term, share.signer, share.signature])
+        self._take_shares(msg.certs)
 
         log = self.log
         snapshot = log.snapshot
@@ -697,9 +694,7 @@ class RaftReplica(CheckpointsAndSnapshots):
         if signer is None:
             return None  # a member of that set signs it (``_request_shares``)
         signature = self.signer.sign(Kind.RAFT_COMMIT, commit_vote_payload(height, self.term, digest))
-        share = CertShare(height, self.term, signer, signature)
-        self.certs[height] = share
-        self._persist(rec.cert_key(height), [share.term, share.signer, share.signature])
+        self._keep_share(CertShare(height, self.term, signer, signature))
         return CommitCertificate("raft", height, self.term, digest, ((signer, signature),))
 
     def _request_shares(self) -> None:
@@ -734,8 +729,7 @@ class RaftReplica(CheckpointsAndSnapshots):
                 signature = self.signer.sign(Kind.RAFT_COMMIT, commit_vote_payload(height, self.term, log.digest_at(index)))
                 share = CertShare(height, self.term, signer, signature)
                 if height > self.applied_height:
-                    self.certs[height] = share
-                    self._persist(rec.cert_key(height), [share.term, share.signer, share.signature])
+                    self._keep_share(share)
             shares.append(share)
             height += 1
         if not shares:
@@ -747,11 +741,18 @@ class RaftReplica(CheckpointsAndSnapshots):
         """Leader: keep the signatures it lacked (``_certificate`` verifies them) and apply."""
         if msg.term != self.term or self.role != LEADER:
             return
-        for share in msg.shares:
-            if share.height > self.applied_height and share.height not in self.certs:
-                self.certs[share.height] = share
-                self._persist(rec.cert_key(share.height), [share.term, share.signer, share.signature])
+        self._take_shares(msg.shares)
         self._apply()
+
+    def _take_shares(self, shares) -> None:
+        """Keep the commit signatures of heights not applied yet that this replica lacks."""
+        for share in shares:
+            if share.height > self.applied_height and share.height not in self.certs:
+                self._keep_share(share)
+
+    def _keep_share(self, share: CertShare) -> None:
+        self.certs[share.height] = share
+        self._persist(rec.cert_key(share.height), [share.term, share.signer, share.signature])
 
     # ---------------------------------------------------------------- receiving
 

@@ -158,9 +158,11 @@ class Simulation(Cluster):
             # The smaller set must tolerate its faulty members: the Byzantine ones and,
             # after the heal, the ones that stay down (seed 13232 of v5 removed a live
             # validator after the heal had left two of the remaining four down).
-            faulty = sum(1 for m in members if not m.honest or m.name in self.stay_down)
-            candidates = [m for m in candidates
-                          if faulty - (0 if m.honest and m.name not in self.stay_down else 1) <= max_faulty(current.n - 1)]
+            def faulty(m) -> bool:
+                return not m.honest or m.name in self.stay_down
+
+            faulty_members = sum(map(faulty, members))
+            candidates = [m for m in candidates if faulty_members - faulty(m) <= max_faulty(current.n - 1)]
             if current.n <= lower or not candidates:
                 return None
             victim = candidates[self.rng.randrange(len(candidates))] if target is None else candidates[0]
