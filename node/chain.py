@@ -520,13 +520,6 @@ class CommittedReads:
             if key in values:
                 values[key] = value
 
-    def forget(self, keys) -> None:
-        values = self._values
-        if not values:
-            return
-        for key in keys:
-            values.pop(key, None)
-
     def clear(self) -> None:
         self._values.clear()
 

@@ -96,6 +96,10 @@ class HandoverKeeper:
         self.directory = directory or os.path.join(store.path, "handover")
         os.makedirs(self.directory, exist_ok=True)
         self.log = logger if logger is not None else get_logger(component="handover")
+        # Pending bundles (waiting for a certificate), known from the directory once at
+        # start: every commit looks at them, and they are rare.
+        self._pending = {os.path.join(self.directory, name) for name in os.listdir(self.directory)
+                         if name.endswith(_PENDING)}
         self.built = 0  # bundles built since start (metrics, tests)
 
     @classmethod
@@ -137,11 +141,9 @@ class HandoverKeeper:
 
     def due_epochs(self, height: int) -> list[int]:
         """The epochs whose hand-over height is ``height``, from the committed state."""
-        raw = self.store.get(reconfig.CURRENT_KEY)
-        latest = 0 if raw is None else codec.decode(raw)
         due = []
         # Records are in increasing effective_after order: walk back from the latest.
-        for epoch in range(latest, 0, -1):
+        for epoch in range(self._latest_epoch(), 0, -1):
             record = self.store.get(reconfig.epoch_key(epoch))
             if record is None:
                 raise HandoverError("bad_state", f"the record of validator epoch {epoch} is missing")
@@ -154,7 +156,7 @@ class HandoverKeeper:
 
     def _build_due(self, height: int, state_root: bytes) -> None:
         for epoch in self.due_epochs(height):
-            if self.has(epoch) or os.path.exists(self._path(epoch, _PENDING)):
+            if self.has(epoch) or self._path(epoch, _PENDING) in self._pending:
                 continue
             self.build(epoch, height, state_root)
 
@@ -216,10 +218,7 @@ class HandoverKeeper:
         return None
 
     def _complete_pending(self) -> None:
-        for name in sorted(os.listdir(self.directory)):
-            if not name.endswith(_PENDING):
-                continue
-            path = os.path.join(self.directory, name)
+        for path in sorted(self._pending):
             pending = self._read(path)
             if pending is None:
                 continue
@@ -229,6 +228,7 @@ class HandoverKeeper:
             header, certificate = certified
             self._keep(Handover(pending.epoch, header, certificate, pending.schedule))
             os.remove(path)
+            self._pending.discard(path)
 
     def _keep(self, bundle: Handover) -> None:
         # The node checks what it serves: proofs against the header, certificate on the header.
@@ -243,6 +243,10 @@ class HandoverKeeper:
         self.built += 1
         self.log.info("hand-over bundle kept", epoch=bundle.epoch, height=bundle.header.height,
                       proofs=len(bundle.schedule))
+
+    def _latest_epoch(self) -> int:
+        raw = self.store.get(reconfig.CURRENT_KEY)
+        return 0 if raw is None else codec.decode(raw)
 
     # ------------------------------------------------------------------ files
 
@@ -259,6 +263,8 @@ class HandoverKeeper:
             os.fsync(out.fileno())
         os.replace(temporary, path)
         _fsync_directory(self.directory)
+        if suffix == _PENDING:
+            self._pending.add(path)
 
     def _read(self, path: str) -> Handover | None:
         try:
@@ -279,9 +285,7 @@ class HandoverKeeper:
 
     def encoded(self, epoch: int) -> bytes | None:
         """Epoch ``epoch``'s bundle as served (``encode_handover``), or None if not kept here."""
-        if type(epoch) is not int or epoch < 1:
-            return None
-        bundle = self._read(self._path(epoch))
+        bundle = self.get(epoch)
         return None if bundle is None else encode_handover(bundle)
 
     def get(self, epoch: int) -> Handover | None:
@@ -303,13 +307,12 @@ class HandoverKeeper:
     def why_missing(self, epoch: int) -> str:
         """Why this node has no bundle for ``epoch`` (the not_found message)."""
         height, _ = self.store.head()
-        raw = self.store.get(reconfig.CURRENT_KEY)
-        latest = 0 if raw is None else codec.decode(raw)
+        latest = self._latest_epoch()
         if epoch > latest:
             return f"no validator epoch {epoch} is recorded yet (the latest is {latest})"
         record = self.store.get(reconfig.epoch_key(epoch))
         after = None if record is None else codec.decode(record)[0]
-        if os.path.exists(self._path(epoch, _PENDING)):
+        if self._path(epoch, _PENDING) in self._pending:
             return f"the bundle of epoch {epoch} waits for the commit certificate of height {after}"
         if after is not None and height is not None and after > height:
             return (f"validator epoch {epoch} takes effect after height {after}; its bundle is made when the shard "

@@ -501,13 +501,10 @@ class Relayer:
                 return self.check_handover(channel, client, epoch, bundle)
             except ApiError as exc:
                 reasons.append(f"{node.base_url}: {exc.code}: {exc.message}")
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                if isinstance(exc, BridgeError):
-                    reasons.append(f"{node.base_url}: {exc}")
-                else:
-                    reasons.append(f"{node.base_url}: answered outside the API ({type(exc).__name__}: {exc})")
-            except RelayError as exc:
+            except (BridgeError, RelayError) as exc:  # a bundle that does not decode, or one dst would refuse
                 reasons.append(f"{node.base_url}: {exc}")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                reasons.append(f"{node.base_url}: answered outside the API ({type(exc).__name__}: {exc})")
         raise RelayError(
             "handover_unavailable",
             f"{channel.dst}'s client of {src} must learn validator epoch {epoch} from a hand-over bundle, and no node "
