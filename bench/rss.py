@@ -55,21 +55,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import Bench
+from bench.throughput import Bench, memory_mb
 from cli.devnet import DevnetNode
 
 __all__ = ["main"]
-
-
-def _status_mb(pid: int, field: str) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class MemoryCgroups:
@@ -148,9 +137,9 @@ async def _run(bench: Bench, args: argparse.Namespace, cgroups: MemoryCgroups | 
         while committed < args.transactions:
             probe = await bench.probe(args.rate, window_s=args.window)
             committed += probe.committed
-            pids = bench.node_pids()
-            rss = [round(_status_mb(pid, "VmRSS"), 1) for pid in pids]
-            anon = [round(_status_mb(pid, "RssAnon"), 1) for pid in pids]
+            memory = [memory_mb(pid) for pid in bench.node_pids()]
+            rss = [round(m.get("VmRSS", 0.0), 1) for m in memory]
+            anon = [round(m.get("RssAnon", 0.0), 1) for m in memory]
             by_window.append([committed, max(rss, default=0.0), max(anon, default=0.0)])
             print(f"  {committed:>9} committed, node RSS {rss} MB, own (anonymous) {anon} MB",
                   file=sys.stderr, flush=True)
@@ -159,10 +148,8 @@ async def _run(bench: Bench, args: argparse.Namespace, cgroups: MemoryCgroups | 
         pids = bench.node_pids()
         if len(pids) != len(bench.net.nodes):
             raise RuntimeError("a node exited during the run")
-        rss = [_status_mb(pid, "VmRSS") for pid in pids]
-        peak = [_status_mb(pid, "VmHWM") for pid in pids]
-        anon = [_status_mb(pid, "RssAnon") for pid in pids]
-        mapped = [_status_mb(pid, "RssFile") for pid in pids]
+        memory = [memory_mb(pid) for pid in pids]
+        rss, peak, anon, mapped = ([m.get(name, 0.0) for m in memory] for name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"))
     finally:
         await bench.down()
     return {

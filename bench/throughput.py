@@ -28,9 +28,9 @@ A failing rate leaves a backlog; the next probe starts once it is committed (at 
 ``--drain`` seconds). Transactions a node refused as ``busy`` (its backlog is full) are
 resubmitted meanwhile, in nonce order, as a client retries them (``retried`` in a
 probe's summary); dropped, they would leave nonce gaps that keep every later
-transaction of their accounts waiting. A shard that does not work off its backlog in that time is
-reported in ``stalled_after_rates`` and replaced by a fresh devnet, so one overload
-that wedges the shard does not hide the figures of the rates below it.
+transaction of their accounts waiting. A shard that does not work off its backlog in
+that time is reported in ``stalled_after_rates`` and replaced by a fresh devnet, so one
+overload that wedges the shard does not hide the figures of the rates below it.
 
 ``max_committed_tx_per_s`` is the committed rate (in time) of the highest holding
 probe; p50 and p99 are measured at half that rate; ``cpu_s_per_1000_tx`` is CPU seconds
@@ -222,11 +222,12 @@ async def _retry(clients, items: list[tuple[bytes, bytes, int]], until: float) -
     """Resubmit refused items in nonce order, backing off while the node is busy, until ``until``.
 
     Returns the accepted ones (``sent``, not counted as in time) and the accounts whose
-    items were still refused (``dirty``).
+    items were still refused, or refused for another reason (``dirty``).
     """
     from ledger.httpclient import ApiError
 
     sent: list[tuple[bytes, float]] = []
+    dirty: set[int] = set()
     delay = 0.1
     turn = 0
     while items and time.monotonic() < until:
@@ -243,6 +244,8 @@ async def _retry(clients, items: list[tuple[bytes, bytes, int]], until: float) -
                     sent.append((item[0], time.monotonic()))
                 elif r.error and r.error[0] in RETRY_CODES:
                     left.append(item)
+                else:
+                    dirty.add(item[2])
         else:
             left = batch
         items = left + items[MAX_BATCH:]
@@ -251,7 +254,8 @@ async def _retry(clients, items: list[tuple[bytes, bytes, int]], until: float) -
             delay = min(1.0, delay * 2)
         else:
             delay = 0.1
-    return {"sent": sent, "dirty": sorted({a for _, _, a in items})}
+    dirty.update(a for _, _, a in items)
+    return {"sent": sent, "dirty": sorted(dirty)}
 
 
 async def _resync(client, keys, nonces: list[int], dirty: list[int]) -> int:
@@ -345,14 +349,23 @@ def _cpu_s(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def _rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> dict[str, float]:
+    """A process's memory figures in MB from one read of ``/proc/PID/status`` (VmRSS,
+    VmHWM, RssAnon, RssFile...); empty when the process is gone."""
+    out = {}
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        pass
-    return 0.0
+        return out
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if rest.endswith(" kB"):
+            out[name] = int(rest.split()[0]) / 1024
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    return memory_mb(pid).get("VmRSS", 0.0)
 
 
 def ed25519_verifications_per_s(seconds: float = 1.0) -> float:
