@@ -20,7 +20,9 @@ of their cost, and refuses with a stable reason code (the HTTP API returns it):
                   ``max_backlog`` waiting transactions (several blocks' worth): refused
                   before its signature is checked, so an overload costs the node little
                   and its blocks keep committing; retry shortly. Transactions relayed by
-                  other validators are still admitted up to ``max_txs``.
+                  other validators are still admitted up to ``max_txs``, and so is one
+                  that fills a gap in its sender's waiting nonces (refusing it would
+                  keep the later ones, part of the backlog, waiting for ever).
 
 Nonces are sequential per sender: a transaction waits until every lower nonce of its
 sender is in a block. The window bounds how far ahead a sender may queue, so one
@@ -112,16 +114,23 @@ class Mempool:
 
     # ---------------------------------------------------------------- admission
 
-    def refuse_if_busy(self) -> None:
-        """Refuse a client's submission while ``max_backlog`` transactions wait (code ``busy``)."""
+    def refuse_if_busy(self, tx: Transaction | None = None) -> None:
+        """Refuse a client's submission while ``max_backlog`` transactions wait (code ``busy``),
+        unless ``tx`` fills a gap below transactions of its sender that wait."""
         if len(self._by_id) >= self.max_backlog:
+            pending = None if tx is None else self._by_sender.get(tx.sender)
+            if pending and tx.nonce < max(pending):
+                return
             raise self._reject(
                 "busy", f"the node has {len(self._by_id)} transactions waiting for blocks (it takes new "
                 f"submissions below {self.max_backlog}); retry shortly"
             )
 
-    def check(self, raw: bytes, height: int, *, verify_signature: bool = True) -> Transaction:
-        """Everything admission checks except capacity; raises :class:`TxRejected`."""
+    def check(self, raw: bytes, height: int, *, verify_signature: bool = True, client: bool = False) -> Transaction:
+        """Everything admission checks except capacity; raises :class:`TxRejected`.
+
+        ``client``: a client's submission, refused as ``busy`` under a backlog (see
+        :meth:`refuse_if_busy`) once decoded, before the costlier checks."""
         if len(raw) > MAX_TX_SIZE:
             raise self._reject("too_large", f"transaction is {len(raw)} bytes; the limit is {MAX_TX_SIZE}")
         try:
@@ -130,6 +139,8 @@ class Mempool:
             raise self._reject(exc.code if exc.code in REASONS else "malformed", exc.message) from None
         if tx.chain_id != self.chain_id:
             raise self._reject("wrong_chain", f"transaction is for shard {tx.chain_id!r}; this node serves {self.chain_id!r}")
+        if client:
+            self.refuse_if_busy(tx)
         if tx.expiry < height + 1:
             raise self._reject("expired", f"transaction expired at height {tx.expiry}; the next block is {height + 1}")
         if tx.gas_limit > self.max_gas:

@@ -145,3 +145,20 @@ def test_config_refuses_a_backlog_above_the_pool():
 
     with pytest.raises(ConfigError, match="max_backlog .* cannot exceed mempool.max_txs"):
         NodeConfig.from_dict({"key_file": "k.json", "mempool": {"max_txs": 10, "max_backlog": 11}}).check()
+
+
+def test_under_a_backlog_a_transaction_filling_its_senders_nonce_gap_is_still_taken():
+    pool = _pool(max_txs=10, max_backlog=2)
+    pool.add(_tx(nonce=1).encode(), 0)  # waits for nonce 0, which was refused earlier
+    pool.add(_tx(key=BOB, nonce=0).encode(), 0)
+    assert _check_code(pool, _tx(key=BOB, nonce=1).encode()) == "busy"  # nothing of Bob's waits above it
+    gap = pool.check(_tx(nonce=0).encode(), 0, client=True)  # lets Alice's waiting nonce 1 run
+    pool.add(gap.encode(), 0, verified=gap)
+    assert len(pool) == 3
+    assert _check_code(pool, _tx(nonce=2).encode()) == "busy"
+
+
+def _check_code(pool, raw):
+    with pytest.raises(TxRejected) as err:
+        pool.check(raw, 0, client=True)
+    return err.value.code
