@@ -1,49 +1,24 @@
 """The block pipeline: what a validator refuses to vote for, and how blocks commit."""
 
 import pytest
+from chainkit import NOW, VALIDATOR, certificate, open_chain
 
-from contracts.executor import Executor
-from ledger import bls
 from ledger.block import NULL_DIGEST, Block, BlockHeader
-from ledger.certificate import CommitCertificate, commit_vote_payload
-from ledger.crypto import Kind, PrivateKey
-from ledger.genesis import Genesis
-from ledger.store import Store
+from ledger.certificate import CommitCertificate
+from ledger.crypto import PrivateKey
 from ledger.tx import Transaction
-from node.chain import Chain, ChainError
+from node.chain import ChainError
 
-VALIDATOR = PrivateKey(bytes([9]) * 32)
-BLS_SK = bls.keygen(bytes([9]) * 32)
 ALICE = PrivateKey(bytes([1]) * 32)
-NOW = 1_767_225_600
-
-
-def _genesis():
-    return Genesis.from_document({
-        "chain_id": "ch/test",
-        "genesis_time": NOW,
-        "protocol": "bft",
-        "validators": [{"name": "op", "node_key": VALIDATOR.public_key.hex(), "bls_key": bls.sk_to_pk(BLS_SK).hex(),
-                        "bls_pop": bls.pop_prove(BLS_SK).hex()}],
-        "accounts": [{"address": str(ALICE.address), "roles": ["deployer"]}],
-    })
 
 
 @pytest.fixture
 def chain(tmp_path):
-    genesis = _genesis()
-    store = Store.open(str(tmp_path / "store"), genesis.chain_id, genesis_hash=genesis.hash)
     clock = [NOW + 100]
-    c = Chain(genesis, store, Executor(), clock=lambda: clock[0])
-    c.ensure_genesis()
+    c = open_chain(tmp_path / "store", [ALICE], lambda: clock[0])
     c.test_clock = clock
     yield c
-    store.close()
-
-
-def _cert(block: Block) -> CommitCertificate:
-    sig = VALIDATOR.sign("ch/test", Kind.COMMIT, commit_vote_payload(block.height, 0, block.hash))
-    return CommitCertificate("bft", block.height, 0, block.hash, ((0, sig),))
+    c.store.close()
 
 
 def _tx(nonce=0):
@@ -88,7 +63,7 @@ def test_block_from_a_non_validator_or_another_shard_is_refused(chain):
 def test_committed_block_applies_with_its_certificate_and_receipts(chain):
     tx = _tx()
     batch, executed = chain.build([tx], VALIDATOR.public_key.raw)
-    chain.commit(1, batch, _cert(executed.block))
+    chain.commit(1, batch, certificate(executed.block))
     assert chain.height == 1
     height, index, _ = chain.store.tx_location(tx.tx_id)
     assert (height, index) == (1, 0)
@@ -104,7 +79,7 @@ def test_null_batch_commits_the_derived_null_block(chain):
 def test_commit_of_a_height_that_does_not_follow_stops_the_node(chain):
     batch, executed = chain.build([], VALIDATOR.public_key.raw)
     with pytest.raises(ChainError, match="store is at 0"):
-        chain.commit(2, batch, _cert(executed.block))
+        chain.commit(2, batch, certificate(executed.block))
 
 
 def test_cached_committed_reads_follow_every_commit(chain):
@@ -113,5 +88,5 @@ def test_cached_committed_reads_follow_every_commit(chain):
     key = nonce_key(ALICE.address.raw)
     assert chain.reads.get(key) is None  # cached: the sender has never sent anything
     batch, executed = chain.build([_tx(0)], VALIDATOR.public_key.raw)
-    chain.commit(1, batch, _cert(executed.block))
+    chain.commit(1, batch, certificate(executed.block))
     assert chain.reads.get(key) == chain.store.get(key) is not None

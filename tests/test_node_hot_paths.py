@@ -8,23 +8,17 @@ these must be invisible except in CPU time.
 import gc
 
 import pytest
+from chainkit import NOW, VALIDATOR, certificate, open_chain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ledger.tx as ledger_tx
-from contracts.executor import Executor, gas_used_key, nonce_key
-from ledger import bls, codec
-from ledger.crypto import Kind, PrivateKey
-from ledger.genesis import Genesis
-from ledger.store import Store
+from contracts.executor import gas_used_key, nonce_key
+from ledger import codec
+from ledger.crypto import PrivateKey
 from ledger.tx import MAX_HEIGHT, Transaction
-from node.chain import Chain
 
-VALIDATOR = PrivateKey(bytes([9]) * 32)
-BLS_SK = bls.keygen(bytes([9]) * 32)
 SENDERS = [PrivateKey(bytes([i]) * 32) for i in range(1, 5)]
-NOW = 1_767_225_600
-
 _args = st.lists(
     st.one_of(st.integers(-(2**63), 2**64 - 1), st.binary(max_size=40), st.text(max_size=20), st.booleans(), st.none()),
     max_size=5,
@@ -66,39 +60,12 @@ def test_a_tampered_signature_is_not_hidden_by_a_shared_decode():
     assert other.tx_id == held.tx_id  # the id covers the body only, as before
 
 
-def _genesis():
-    return Genesis.from_document({
-        "chain_id": "ch/test",
-        "genesis_time": NOW,
-        "protocol": "bft",
-        "validators": [{"name": "op", "node_key": VALIDATOR.public_key.hex(), "bls_key": bls.sk_to_pk(BLS_SK).hex(),
-                        "bls_pop": bls.pop_prove(BLS_SK).hex()}],
-        "accounts": [{"address": str(k.address), "roles": ["deployer"]} for k in SENDERS],
-    })
-
-
-def _chain(path):
-    genesis = _genesis()
-    store = Store.open(str(path), genesis.chain_id, genesis_hash=genesis.hash)
-    chain = Chain(genesis, store, Executor(), clock=lambda: NOW + 100)
-    chain.ensure_genesis()
-    return chain
-
-
 @pytest.fixture
 def two_chains(tmp_path):
-    a, b = _chain(tmp_path / "a"), _chain(tmp_path / "b")
+    a, b = (open_chain(tmp_path / n, SENDERS, lambda: NOW + 100) for n in "ab")
     yield a, b
     a.store.close()
     b.store.close()
-
-
-def _cert(chain, executed):
-    from ledger.certificate import CommitCertificate, commit_vote_payload
-
-    block = executed.block
-    sig = VALIDATOR.sign(chain.chain_id, Kind.COMMIT, commit_vote_payload(block.height, 0, block.hash))
-    return CommitCertificate("bft", block.height, 0, block.hash, ((0, sig),))
 
 
 def test_blocks_executed_through_the_read_cache_match_a_validator_without_it(two_chains):
@@ -112,7 +79,7 @@ def test_blocks_executed_through_the_read_cache_match_a_validator_without_it(two
         batch, executed = cached.build(txs, VALIDATOR.public_key.raw)
         fresh.reads.clear()  # every read of this validator goes to the store
         assert fresh.validate(height, batch), "the other validator computes other roots"
-        cert = _cert(cached, executed)
+        cert = certificate(executed.block)
         cached.commit(height, batch, cert)
         fresh.commit(height, batch, cert)
         # Every cached key holds the committed value, including the ones this block wrote.
