@@ -251,12 +251,20 @@ class TreeStory:
         if phases[ORIGIN] != "committed":
             record = await tree.flow(ORIGIN, self.flow_id)
             raise StoryError(f"the purchase was refunded: {record.reason if record else 'no record'}")
+        along = [f"{a} -> {b}" for a, b in zip(self.path, self.path[1:], strict=False)]
+        back = [f"{b} -> {a}" for a, b in zip(self.path, self.path[1:], strict=False)][::-1]
+        # The relayer counts a delivery once its commit is answered, which can come just
+        # after the shards show the flow committed: wait until every channel of the path
+        # shows the packet it carried (a few hundred ms at most).
         relayed = await self.relayed()
+        deadline = time.monotonic() + 10.0
+        while (time.monotonic() < deadline
+               and any(relayed.get(c, 0) <= relayed_before.get(c, 0) for c in along + back)):
+            await asyncio.sleep(0.2)
+            relayed = await self.relayed()
         carried = {c: relayed.get(c, 0) - relayed_before.get(c, 0) for c in relayed}
         packets = sum(carried.values())
         self.facts["packets_relayed"] = packets
-        along = [f"{a} -> {b}" for a, b in zip(self.path, self.path[1:], strict=False)]
-        back = [f"{b} -> {a}" for a, b in zip(self.path, self.path[1:], strict=False)][::-1]
         self.say(f"   the relayer carried {packets} packets for it (its /metrics): "
                  + ", ".join(f"{short(c.split(' -> ')[0])}->{short(c.split(' -> ')[1])} {carried.get(c, 0)}"
                              for c in along + back))
