@@ -46,6 +46,7 @@ from ledger.state_chunk import (
     MASK,
     MAX_INLINE_VALUE,
     ROOT_CHUNK,
+    SLOT0,
     Chunk,
     copy_chunk,
     decode_chunk,
@@ -86,6 +87,8 @@ _sha256 = hashlib.sha256
 # (tests compare every root with ledger.state.compute_root, which uses tree_path).
 _PATH_TAG = b"gridledger/state-key"
 _PATH = itemgetter(0)
+# The longest bitmap of a chunk's record: one bit per position.
+_BITMAP_BYTES = 2 * SLOT0 // 8
 
 
 class StoreError(Exception):
@@ -362,8 +365,10 @@ class StateDB:
         big_records = []
         small_records = []
         # encoded_size(chunk) inlined for the chunks below the top (once per chunk of the
-        # block): the 3 length bytes, the bitmaps and the body.
+        # block): the 3 length bytes, the bitmaps (at most 3 * _BITMAP_BYTES) and the body.
+        # The body alone decides nearly every chunk; the bitmaps are measured near the limit.
         limit = self._big - 3
+        small_below = limit - 3 * _BITMAP_BYTES
         top = CACHE_CHUNK_DEPTH
         for ckey, chunk in chunks.items():
             was = origin.get(ckey)
@@ -376,12 +381,18 @@ class StateDB:
                 big = encoded_size(chunk, True) >= self._big
             else:
                 compact = False
-                big = (
-                    len(chunk.b)
-                    + ((chunk.eb.bit_length() + 7) >> 3)
-                    + ((chunk.lb.bit_length() + 7) >> 3)
-                    + ((chunk.xb.bit_length() + 7) >> 3)
-                ) >= limit
+                n = len(chunk.b)
+                if n >= limit:
+                    big = True
+                elif n < small_below:
+                    big = False
+                else:
+                    big = (
+                        n
+                        + ((chunk.eb.bit_length() + 7) >> 3)
+                        + ((chunk.lb.bit_length() + 7) >> 3)
+                        + ((chunk.xb.bit_length() + 7) >> 3)
+                    ) >= limit
             (big_records if big else small_records).append((ckey, chunk, compact))
             if was is not None and was != big:
                 delete(ckey, db=tree if was else small)

@@ -315,9 +315,7 @@ class TreeBatch:
                 elif o[5]:
                     c.xb |= 1 << pos
             else:  # both keys go below the other's leaf
-                old = _item(c, pos, self.path_of)
-                del_leaf(c, pos)
-                cur = self._build(c, pos, k, [old, o] if old[0] < o[0] else [o, old], 0, 2)
+                cur = self._split(c, pos, k, o, at, at_key, kl, vl)
         else:
             e = (c.eb & wm).bit_count()
             if e > CHUNK_BITS:  # a child chunk
@@ -355,6 +353,52 @@ class TreeBatch:
         view.release()
         self.writes[key] = c
         return cur
+
+    def _split(self, c, pos, k, o, at, at_key, kl, vl) -> bytes:
+        """Place the new key of ``o`` and the other key whose leaf is at ``pos``; return pos's new hash.
+
+        (:meth:`_update_one`: ``at`` is the offset of that leaf's lengths, ``at_key`` of its
+        key, ``kl`` and ``vl`` their lengths.) The two paths part at the first bit where
+        they differ: the leaves go to the two children of that node, and the positions
+        from ``pos`` down to it hold one child each. When they share the rest of the
+        chunk, the general :meth:`_build` makes them a child chunk.
+        """
+        b = c.b
+        m = at_key + kl
+        key = bytes(b[at_key:m])
+        value = bytes(b[m : m + vl])
+        x = (c.xb >> pos) & 1
+        s = (c.eb & LOW[pos]).bit_count() << 5
+        lh = bytes(b[s : s + 32])
+        path = self.path_of(key)
+        pi = int.from_bytes(path, "big")
+        del b[at_key : m + vl]
+        del b[at : at + 8]
+        c.lb ^= 1 << pos
+        c.nl -= 1
+        if x:
+            c.xb ^= 1 << pos
+        # The node where the paths part, in chunk levels below this chunk's root.
+        d = 256 - (pi ^ o[1]).bit_length() - CHUNK_BITS * k
+        if d >= CHUNK_BITS:
+            old = (path, pi, lh, key, value, x)
+            return self._build(c, pos, k, [old, o] if path < o[0] else [o, old], 0, 2)
+        shift = 256 - CHUNK_BITS * (k + 1)
+        here = WALK[(o[1] >> shift) & MASK][d + 1]
+        there = here ^ 1
+        set_hash(c, there, lh)
+        set_leaf(c, there, key, value, x)
+        set_hash(c, here, o[2])
+        set_leaf(c, here, o[3], o[4], o[5])
+        sha = _sha256
+        h = sha(NODE_PREFIX + (o[2] + lh if here < there else lh + o[2])).digest()
+        q = here >> 1
+        set_hash(c, q, h)
+        while q > pos:
+            h = sha(_NODE_EMPTY + h).digest() if q & 1 else sha(NODE_PREFIX + h + EMPTY).digest()
+            q >>= 1
+            set_hash(c, q, h)
+        return h
 
     def _descend(self, c, pos, k, ops, pis, i, j):
         """Apply ops[i:j] to the child chunk at bottom-row position ``pos``."""

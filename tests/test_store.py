@@ -267,6 +267,39 @@ def test_a_chunk_moves_between_record_sizes_without_leaving_a_copy(store):
     check_consistent(store)
 
 
+def test_every_chunk_record_lives_in_the_database_its_length_picks(store):
+    # The writer measures a record's bitmaps only when its body is within their length
+    # of BIG_RECORD. Two keys whose paths share two bytes and then go on with bytes 0xfe
+    # and 0xff sit at the last positions of a depth-2 chunk's bottom row: its bitmaps
+    # are 64 bytes each, and stepping one value's length moves the record across the
+    # limit both ways, sometimes by its bitmaps alone.
+    seen: dict[bytes, bytes] = {}
+    for i in range(1_000_000):
+        key = b"deep%d" % i
+        path = tree_path(key)
+        if path[2] >> 1 != 0x7F:
+            continue
+        other = seen.get(path[:2] + bytes([path[2] ^ 1]))
+        if other is not None:
+            break
+        seen[path[:3]] = key
+    rng = random.Random(5)
+    apply(store, 0, {other: bytes(800)})
+    sizes = set()
+    for height in range(1, 80):
+        apply(store, height, {key: bytes(rng.randrange(550, 1000))})
+        with store._env.begin() as txn:
+            for db, is_big in ((store._state._tree, True), (store._state._small, False)):
+                for ckey, record in txn.cursor(db=db):
+                    assert (len(record) >= BIG_RECORD) is is_big, (height, ckey, len(record))
+                    if ckey[-1] == 2:
+                        sizes.add(len(record) - BIG_RECORD)
+        big, small = chunk_keys(store)
+        assert not big & small
+    assert min(sizes) < -100 and max(sizes) >= 0 and any(0 <= d < 60 for d in sizes)
+    check_consistent(store)
+
+
 def test_iter_state_resumes_from_a_tree_position(store):
     state = {b"k%d" % i: b"v%d" % i for i in range(2000)}
     apply(store, 0, state)
