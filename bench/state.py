@@ -38,22 +38,35 @@ The store lives in a temporary directory under ``--dir`` (default: the system te
 directory, i.e. a real disk here, not tmpfs) and is deleted afterwards.
 
 **Where a block's time goes** (10^6 keys, 10,000 writes, CPU time of the thread, 2-core
-machine under a load of 5-8 from other work). Preparing: ~190-220 ms. Of that, turning
-the writes into ops (a path, value and leaf hash each) ~20 ms; the tree batch ~170 ms,
-of which ~115,000 SHA-256 calls at ~0.5 µs with their slicing (~60 ms; the hash itself
-is ~0.25 µs with SHA-NI) and ~10,000 chunk loads at ~4 µs (an LMDB get ~1.3 µs, the
-copy of a ~3 KB record out of the map and its decoding ~2.6 µs); the rest is Python
-bookkeeping spread over the walk (no single line above ~8 %). Applying: encoding and
-putting the ~10,000 records ~30 ms (on the pipelined run's critical path: the node
-thread waits while py-lmdb takes the GIL back after every put), the commit (~51 MB
-written, fsync) ~40 ms of CPU, overlapped with the next block's preparation.
+machine, idle: load < 1). Preparing: ~150-165 ms (the same code varies by ~8 % between
+runs here). Of that, turning the writes into ops (a path, value and leaf hash each)
+~15 ms; the tree batch ~140 ms, of which ~115,000 SHA-256 calls at ~0.32 µs with their
+slicing (~37 ms; the hash itself is ~0.24 µs with SHA-NI) and ~9,800 chunk loads (an LMDB
+get ~1.3 µs, the copy of a ~3 KB record out of the map and its decoding ~1-2.6 µs); the
+rest is Python bookkeeping spread over the walk. Applying: classifying, encoding and
+putting the ~10,000 records ~24 ms (~3 + 10 + 11 ms; on the pipelined run's critical
+path: the node thread waits while py-lmdb takes the GIL back after every put), the
+commit (~51 MB written, fsync) ~40 ms of CPU, overlapped with the next block's
+preparation; that overlap costs the preparation ~15-25 ms of CPU (a thread writing and
+syncing 51 MB to another file beside a serial preparation reproduces ~13 ms of it: the
+kernel's copy competes for the shared cache and memory). Pipelined, a block takes
+~210-240 ms: preparing, the put phase, and that contention.
+
+To compare two versions of the tree code, time both in one process on one store, block
+by block in alternation (runs of this benchmark differ by more than most changes);
+that is how the two-key split (``TreeBatch._split``) measured -3 % of the tree batch.
 Tried and not kept (no gain, or a loss): LMDB ``writemap`` (the put phase took ~70 %
-more CPU, page faults moving onto the critical path), shortcuts for a two-key split and
-for inserting a new leaf (no measurable difference), guessing the tree database per
-depth (< 0.5 %), and letting the committer put while the next block is prepared
-(a GIL handoff per put; no dependable gain). Two processes each preparing half of a
-block took 275-330 ms of wall time against 200-540 ms for one process doing all of it:
-on this shared machine, parallelism gives no dependable gain either.
+more CPU, page faults moving onto the critical path); the bitmaps at the end of the
+record so that a chunk's bytearray is put as it is, without encoding (the put phase
+shrank by ~11 ms, the preparation grew by as much, rewriting the bitmaps); guessing the tree
+database per depth (< 0.5 %); letting the committer put while the next block is prepared
+(a GIL handoff per put: 32,000/s against 45,000/s); a larger collector threshold (no
+difference); the two tree modules compiled unchanged with Cython (-4 % of the
+preparation, and a compiler the README's fresh clone does not have). Two processes each
+preparing half of a block (their own read transactions, the records sent back through a
+pipe): 148-163 ms of wall time against ~170 ms for one process on an idle machine, each
+half taking ~105-120 ms instead of ~85 beside the other, before the commit joins them
+on the same two cores; 275-330 ms against 200-540 ms under a load of 5-8.
 """
 
 from __future__ import annotations
