@@ -239,6 +239,12 @@ class Effects(Protocol):
         ``buy_side``, MARKET.md 6.3). Changes nothing."""
         ...
 
+    def hold_buyer(self, consumer: bytes, energy_wh: int, first_period: int, last_period: int, sign: int) -> None:
+        """Origin: hold (``sign`` 1, as the flow opens) or release (-1, when its answer
+        arrives) the flow's energy toward ``consumer``'s position limit in each period, so
+        that flows opened before either is answered cannot together exceed it."""
+        ...
+
     def lock(self, flow_id: bytes, payer: bytes, currency: str, amount: int) -> None:
         """Move ``amount`` from ``payer`` into the module's escrow; raise ``FlowRefused``
         (``insufficient_funds``, ``not_active``, ...) and change nothing if it cannot."""

@@ -103,6 +103,7 @@ IMPOSTOR = "from gridledger import call, export\n\n\n@export\ndef go(contract: s
         ("energy_tokens", "bridge_create_hop_token", [FLOW, None, None, None, True, 1, FIRST, LAST, "CHF"]),
         ("energy_tokens", "bridge_cancel_hop_token", [1, FLOW]),
         ("energy_tokens", "bridge_check_buyer", [None, None, 1, FIRST, LAST]),
+        ("energy_tokens", "bridge_hold_buyer", [None, 1, FIRST, LAST, 1]),
         ("energy_tokens", "bridge_check_offer", [1, 1, "CHF", 1, FIRST, LAST]),
     ],
 )
@@ -206,6 +207,28 @@ def test_check_buyer_returns_the_first_buy_side_rule_a_consumer_breaks(chain):
     assert check("consumer") == "position_limit_exceeded"
     chain.ok("grid_operator", "membership", "suspend", chain.addr("consumer"))
     assert check("consumer") == "not_active"
+
+
+def test_a_held_flow_counts_toward_the_position_limit_until_it_is_released(chain):
+    consumer = chain.addr("consumer")
+    chain.ok("grid_operator", "membership", "set_position_limit", consumer, ENERGY * 3 // 2)
+
+    def check():
+        return chain.module_ok("energy_tokens", "bridge_check_buyer", consumer, consumer, ENERGY, FIRST, LAST)
+
+    def held():
+        return [chain.view("energy_tokens", "pending_flow_buys", consumer, p) for p in range(FIRST, LAST + 1)]
+
+    assert check() is None and held() == [0, 0]
+    chain.module_ok("energy_tokens", "bridge_hold_buyer", consumer, ENERGY, FIRST, LAST, 1)
+    assert held() == [ENERGY, ENERGY]
+    assert chain.view("energy_tokens", "net_position", consumer, FIRST) == 0  # not a position yet
+    assert check() == "position_limit_exceeded"  # a second flow would take it to 2 x ENERGY
+    assert chain.module_ok("energy_tokens", "bridge_check_buyer", consumer, consumer, ENERGY // 2, FIRST, LAST) is None
+    chain.module_ok("energy_tokens", "bridge_hold_buyer", consumer, ENERGY, FIRST, LAST, -1)
+    assert check() is None and held() == [0, 0]
+    assert chain.module_fails("energy_tokens", "bridge_hold_buyer", consumer, ENERGY, FIRST, LAST, -1) == "not_held"
+    assert chain.module_fails("energy_tokens", "bridge_hold_buyer", consumer, ENERGY, FIRST, LAST, 2) == "bad_sign"
 
 
 def test_check_buyer_requires_collateral_below_the_rating_threshold():

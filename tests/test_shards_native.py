@@ -377,6 +377,49 @@ def test_consumer_in_oerlikon_buys_a_breitenrain_offer_through_five_shards(net):
         assert reserved(net, parent, child) == [ENERGY] * 4
 
 
+def test_flows_opened_side_by_side_cannot_together_exceed_the_consumers_position_limit(net):
+    origin = net[OERLIKON]
+    consumer = addr(OERLIKON, "consumer")
+    origin.ok("grid_operator", "membership", "set_position_limit", consumer, ENERGY * 3 // 2)
+    first, second = net.offer(), net.offer()
+    budget = net.quote().total_fee
+
+    def held() -> list[int]:
+        return [origin.view("energy_tokens", "pending_flow_buys", consumer, p) for p in range(FIRST, LAST + 1)]
+
+    flow_id = net.open_flow(first, budget).result
+    assert held() == [ENERGY] * 4 and origin.view("energy_tokens", "net_position", consumer, FIRST) == 0
+    balance = origin.balance(consumer)
+    refused = net.open_flow(second, budget)  # before the first flow's answer: its energy is held
+    assert not refused.ok and refused.error[0] == "position_limit_exceeded"
+    assert origin.balance(consumer) == balance  # nothing locked
+    net.pump()
+    assert phases(net, flow_id) == [COMMITTED] * 5
+    # the answer replaces the hold by the hop token's position
+    assert held() == [0] * 4 and origin.view("energy_tokens", "net_position", consumer, FIRST) == ENERGY
+    assert net.open_flow(second, budget).error[0] == "position_limit_exceeded"
+    smaller = net.offer(energy_wh=ENERGY // 2)
+    assert net.open_flow(smaller, net.quote(energy_wh=ENERGY // 2).total_fee, energy_wh=ENERGY // 2).ok
+
+
+def test_a_refunded_flow_releases_its_hold_on_the_position_limit(net):
+    origin = net[OERLIKON]
+    consumer = addr(OERLIKON, "consumer")
+    origin.ok("grid_operator", "membership", "set_position_limit", consumer, ENERGY)
+    serial = net.offer()
+    budget = net.quote().total_fee
+    net[BERN].ok("grid_operator", "bridge", "register_bridge", BREITENRAIN, ENERGY - 1, 4)  # too small: refused there
+    flow_id = net.open_flow(serial, budget).result
+    net.pump()
+    assert phases(net, flow_id) == [REFUNDED] * 4 + [None]
+    assert [origin.view("energy_tokens", "pending_flow_buys", consumer, p) for p in range(FIRST, LAST + 1)] == [0] * 4
+    net[BERN].ok("grid_operator", "bridge", "register_bridge", BREITENRAIN, 300_000, 4)
+    again = net.open_flow(serial, budget)  # the whole limit is free again
+    assert again.ok, again.error
+    net.pump()
+    assert phases(net, again.result) == [COMMITTED] * 5
+
+
 def test_purchase_over_a_bridge_capacity_is_refused_by_the_quote_before_anything_is_locked(net):
     serial = net.offer()
     flow_id = net.open_flow(serial, net.quote().total_fee).result

@@ -10,6 +10,9 @@ After every block (``check_step``):
   per flow, what the origin locked = held on all hops + in flight + paid out;
 * **no capacity is over-booked**: per bridge and period, the reservations equal the sum
   over the flows reserving there and stay within the capacity;
+* **position-limit holds**: per origin shard, consumer and period, the energy held
+  toward the consumer's limit is that of the flows it opened there still waiting for
+  their answer;
 * **energy is conserved**: across each bridge, the flows whose tokens leave one side are
   the flows whose tokens enter the other, up to the packets that create or cancel the
   second token in flight;
@@ -25,7 +28,7 @@ refunded on every hop it reached (the consumer got back all it paid, no token re
 
 from __future__ import annotations
 
-from shards.records import CANCELLED, CANCELLING, COMMITTED, FINAL_PHASES, REFUNDED, SETTLED
+from shards.records import CANCELLED, CANCELLING, COMMITTED, FINAL_PHASES, LOCKED, REFUNDED, SETTLED
 from shards.topology import bridge_address
 
 __all__ = ["check_final", "check_step"]
@@ -33,7 +36,7 @@ __all__ = ["check_final", "check_step"]
 # Raw field positions (HopRecord.to_fields / FlowSpec.to_fields): the checker reads
 # records on every block, so it avoids decoding them.
 R_SPEC, R_INDEX, R_PHASE, R_HELD, R_FEE, R_RESERVED = 0, 1, 2, 3, 4, 5
-S_PATH, S_PRICE, S_ENERGY, S_FIRST, S_LAST = 4, 8, 10, 11, 12
+S_PATH, S_CONSUMER, S_PRICE, S_ENERGY, S_FIRST, S_LAST = 4, 5, 8, 10, 11, 12
 
 
 def _record(world, shard: str, flow_id: bytes):
@@ -84,9 +87,15 @@ def _shard(world, shard_id: str) -> list[str]:
         problems.append(f"{shard_id}: supply {ledger.supply} != sum of balances {sum(ledger.balances.values())}")
     held = 0
     expected: dict[tuple[str, int], int] = {}
+    holds: dict[tuple[bytes, int], int] = {}
     topology = world.topology
     for _, fields in shard.storage.items("flow"):
         held += fields[R_HELD]
+        if fields[R_INDEX] == 0 and fields[R_PHASE] == LOCKED:  # opened here, not answered yet
+            spec = fields[R_SPEC]
+            for period in range(spec[S_FIRST], spec[S_LAST] + 1):
+                key = (spec[S_CONSUMER], period)
+                holds[key] = holds.get(key, 0) + spec[S_ENERGY]
         if fields[R_RESERVED]:
             spec = fields[R_SPEC]
             for _, child in topology.edges_reserved_at(spec[S_PATH], fields[R_INDEX]):
@@ -94,6 +103,9 @@ def _shard(world, shard_id: str) -> list[str]:
                     expected[(child, period)] = expected.get((child, period), 0) + spec[S_ENERGY]
     if ledger.balance(ledger.escrow) != held:
         problems.append(f"{shard_id}: escrow holds {ledger.balance(ledger.escrow)}, hop records hold {held}")
+    actual_holds = {key: value for key, value in ledger.holds.items() if value}
+    if actual_holds != holds:
+        problems.append(f"{shard_id}: position-limit holds {len(actual_holds)} != unanswered flows' {len(holds)}")
     actual = {(parts[0], parts[1]): value for parts, value in shard.storage.items("reserved")}
     if actual != expected:
         problems.append(f"{shard_id}: reservations {sorted(actual.items())} != flows' {sorted(expected.items())}")

@@ -57,6 +57,7 @@ class SimLedger:
         self.next_serial = 1
         self.locked: dict[bytes, int] = {}  # flow -> money taken from the consumer here
         self.paid: dict[bytes, int] = {}  # flow -> money paid out of escrow here
+        self.holds: dict[tuple[bytes, int], int] = {}  # (consumer, period) -> Wh of flows opened here, unanswered
         self.payments: list[tuple[bytes, bytes, int, str]] = []
         self.out_flows: dict[str, frozenset[bytes]] = {n: frozenset() for n in topology.neighbours(shard)}
         self.in_flows: dict[str, frozenset[bytes]] = {n: frozenset() for n in topology.neighbours(shard)}
@@ -131,6 +132,13 @@ class SimLedger:
         if point != consumer:
             return "bad_point"  # meters are not simulated: the consumer's own address only
         return None
+
+    def hold_buyer(self, consumer: bytes, energy_wh: int, first_period: int, last_period: int, sign: int) -> None:
+        for period in range(first_period, last_period + 1):
+            held = self.holds.get((consumer, period), 0) + sign * energy_wh
+            if held < 0:
+                self.problems.append(f"{self.shard}: {consumer.hex()[:8]} releases a hold it does not have in period {period}")
+            self._set("holds", (consumer, period), held)
 
     def lock(self, flow_id: bytes, payer: bytes, currency: str, amount: int) -> None:
         if currency != self.currency:
