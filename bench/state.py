@@ -15,7 +15,9 @@ starts. Prints one JSON line:
   while LMDB commits and fsyncs it (without holding the GIL) the main thread prepares
   block N + 1 on top of N's prepared state. Every block is still its own durable
   transaction holding all of its tree updates; a block is applied only after its
-  parent's commit returned. Measured over ``--blocks`` blocks, first to last commit.
+  parent's commit returned. Measured over ``--blocks`` blocks, from the first block's
+  preparation to the last block's durable commit (that commit overlaps nothing: ~3 % of
+  the time of 12 blocks, ~1 % of 30).
 * ``updates_per_s_1k``: the same in blocks of 1,000;
 * ``updates_per_s_serial`` / ``updates_per_s_1k_serial``: the same without overlap
   (prepare, then apply, then the next block), the figure of a node that commits
