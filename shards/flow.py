@@ -237,7 +237,7 @@ class FlowModule(DeliveryIntake):
         flow_id = spec.flow_id
         self.effects.lock(flow_id, consumer, currency, spec.locked_amount)  # the first change; may refuse
         # Until the answer comes back the energy counts toward the consumer's position limit.
-        self.effects.hold_buyer(consumer, energy_wh, first_period, last_period, +1)
+        self.effects.hold_buyer(flow_id, consumer, energy_wh, first_period, last_period)
         self.storage.put("next_flow", [], number + 1)
         self._reserve(spec, 0, +1)
         self._put(HopRecord(spec, 0, LOCKED, held=fee, fee=fee, reserved=True))
@@ -379,7 +379,7 @@ class FlowModule(DeliveryIntake):
         amount = release + mint
         self.effects.receive(flow_id, packet.src, spec.currency, release, mint)
         if record.is_origin:  # the hop token (committed) or nothing (aborted) takes the hold's place
-            self.effects.hold_buyer(spec.consumer, spec.energy_wh, spec.first_period, spec.last_period, -1)
+            self.effects.release_buyer(flow_id)
         if outcome == "committed":
             here = self.shard
             consumer_side = spec.consumer if record.is_origin else bridge_address(here, record.previous)

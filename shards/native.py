@@ -132,8 +132,11 @@ class MarketEffects:
     def check_buyer(self, consumer: bytes, point: bytes, energy_wh: int, first_period: int, last_period: int) -> str | None:
         return self.host.call("energy_tokens", "bridge_check_buyer", consumer, point, energy_wh, first_period, last_period)
 
-    def hold_buyer(self, consumer: bytes, energy_wh: int, first_period: int, last_period: int, sign: int) -> None:
-        self.host.call("energy_tokens", "bridge_hold_buyer", consumer, energy_wh, first_period, last_period, sign)
+    def hold_buyer(self, flow_id: bytes, consumer: bytes, energy_wh: int, first_period: int, last_period: int) -> None:
+        self.host.call("energy_tokens", "bridge_hold_buyer", flow_id, consumer, energy_wh, first_period, last_period)
+
+    def release_buyer(self, flow_id: bytes) -> None:
+        self.host.call("energy_tokens", "bridge_release_buyer", flow_id)
 
     def lock(self, flow_id: bytes, payer: bytes, currency: str, amount: int) -> None:
         try:

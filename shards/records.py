@@ -239,10 +239,15 @@ class Effects(Protocol):
         ``buy_side``, MARKET.md 6.3). Changes nothing."""
         ...
 
-    def hold_buyer(self, consumer: bytes, energy_wh: int, first_period: int, last_period: int, sign: int) -> None:
-        """Origin: hold (``sign`` 1, as the flow opens) or release (-1, when its answer
-        arrives) the flow's energy toward ``consumer``'s position limit in each period, so
-        that flows opened before either is answered cannot together exceed it."""
+    def hold_buyer(self, flow_id: bytes, consumer: bytes, energy_wh: int, first_period: int, last_period: int) -> None:
+        """Origin, as the flow opens: hold its energy toward ``consumer``'s position limit in
+        each period until :meth:`release_buyer`, so that flows opened before either is
+        answered cannot together exceed the limit."""
+        ...
+
+    def release_buyer(self, flow_id: bytes) -> None:
+        """Origin, when the flow's answer arrives: release what :meth:`hold_buyer` held for
+        it (nothing if it held nothing). Never refuses."""
         ...
 
     def lock(self, flow_id: bytes, payer: bytes, currency: str, amount: int) -> None:

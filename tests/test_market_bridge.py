@@ -103,7 +103,8 @@ IMPOSTOR = "from gridledger import call, export\n\n\n@export\ndef go(contract: s
         ("energy_tokens", "bridge_create_hop_token", [FLOW, None, None, None, True, 1, FIRST, LAST, "CHF"]),
         ("energy_tokens", "bridge_cancel_hop_token", [1, FLOW]),
         ("energy_tokens", "bridge_check_buyer", [None, None, 1, FIRST, LAST]),
-        ("energy_tokens", "bridge_hold_buyer", [None, 1, FIRST, LAST, 1]),
+        ("energy_tokens", "bridge_hold_buyer", [FLOW, None, 1, FIRST, LAST]),
+        ("energy_tokens", "bridge_release_buyer", [FLOW]),
         ("energy_tokens", "bridge_check_offer", [1, 1, "CHF", 1, FIRST, LAST]),
     ],
 )
@@ -213,24 +214,50 @@ def test_a_held_flow_counts_toward_the_position_limit_until_it_is_released(chain
     consumer = chain.addr("consumer")
     chain.ok("grid_operator", "membership", "set_position_limit", consumer, ENERGY * 3 // 2)
 
-    def check():
-        return chain.module_ok("energy_tokens", "bridge_check_buyer", consumer, consumer, ENERGY, FIRST, LAST)
+    def check(energy=ENERGY):
+        return chain.module_ok("energy_tokens", "bridge_check_buyer", consumer, consumer, energy, FIRST, LAST)
 
     def held():
         return [chain.view("energy_tokens", "pending_flow_buys", consumer, p) for p in range(FIRST, LAST + 1)]
 
     assert check() is None and held() == [0, 0]
-    chain.module_ok("energy_tokens", "bridge_hold_buyer", consumer, ENERGY, FIRST, LAST, 1)
+    chain.module_ok("energy_tokens", "bridge_hold_buyer", FLOW, consumer, ENERGY, FIRST, LAST)
     assert held() == [ENERGY, ENERGY]
     assert chain.view("energy_tokens", "net_position", consumer, FIRST) == 0  # not a position yet
     assert check() == "position_limit_exceeded"  # a second flow would take it to 2 x ENERGY
-    assert chain.module_ok("energy_tokens", "bridge_check_buyer", consumer, consumer, ENERGY // 2, FIRST, LAST) is None
-    chain.module_ok("energy_tokens", "bridge_hold_buyer", consumer, ENERGY, FIRST, LAST, -1)
+    assert check(ENERGY // 2) is None
+    assert chain.module_fails("energy_tokens", "bridge_hold_buyer", FLOW, consumer, ENERGY, FIRST, LAST) == "already_held"
+    chain.module_ok("energy_tokens", "bridge_release_buyer", FLOW)
     assert check() is None and held() == [0, 0]
-    # a release never refuses (the flow's answer must be taken): it stops at zero
-    chain.module_ok("energy_tokens", "bridge_hold_buyer", consumer, ENERGY, FIRST, LAST, -1)
-    assert held() == [0, 0]
-    assert chain.module_fails("energy_tokens", "bridge_hold_buyer", consumer, ENERGY, FIRST, LAST, 2) == "bad_sign"
+    # a release never refuses: a flow that holds nothing (any more) releases nothing
+    chain.module_ok("energy_tokens", "bridge_release_buyer", FLOW)
+    chain.module_ok("energy_tokens", "bridge_hold_buyer", b"\x08" * 32, consumer, ENERGY, FIRST, FIRST)
+    chain.module_ok("energy_tokens", "bridge_release_buyer", FLOW)
+    assert held() == [ENERGY, 0]  # another flow's hold is untouched
+
+
+def test_a_held_flow_does_not_widen_the_limit_for_a_change_that_lowers_the_position(chain):
+    # The held flow may still be refunded: a change that lowers the position must keep
+    # within the limit from the position without the flow's energy too.
+    consumer = chain.addr("consumer")
+    chain.ok("grid_operator", "membership", "set_position_limit", consumer, ENERGY)
+    chain.module_ok("energy_tokens", "bridge_hold_buyer", FLOW, consumer, ENERGY, FIRST, LAST)
+    serial = chain.ok("producer", "energy_tokens", "emit", FIRST, LAST, 2 * ENERGY, "solar", 40, 0, "CHF")
+    chain.ok("producer", "energy_tokens", "offer_side", serial, "producer", 0, "CHF")
+    # buying a producer side of 2 x ENERGY: -ENERGY if the flow commits, -2 x ENERGY if not
+    assert chain.fails("consumer", "energy_tokens", "buy_side", serial, "producer", 0, "CHF") == "position_limit_exceeded"
+    # the seller's check at a flow's destination counts the same way
+    producer = chain.addr("producer")
+    chain.ok("grid_operator", "membership", "set_position_limit", producer, ENERGY // 2)
+    offered = chain.ok("producer", "energy_tokens", "emit", FIRST, LAST, ENERGY, "solar", 40, 0, "CHF")
+    chain.ok("producer", "energy_tokens", "offer_side", offered, "consumer", 300, "CHF")
+
+    def check_offer():
+        return chain.module_ok("energy_tokens", "bridge_check_offer", offered, 300, "CHF", ENERGY, FIRST, LAST)
+
+    assert check_offer() == "position_limit_exceeded"
+    chain.module_ok("energy_tokens", "bridge_hold_buyer", b"\x09" * 32, producer, ENERGY, FIRST, LAST)
+    assert check_offer() == "position_limit_exceeded"  # its own pending purchase does not make room
 
 
 def test_check_buyer_requires_collateral_below_the_rating_threshold():

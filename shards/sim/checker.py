@@ -103,9 +103,10 @@ def _shard(world, shard_id: str) -> list[str]:
                     expected[(child, period)] = expected.get((child, period), 0) + spec[S_ENERGY]
     if ledger.balance(ledger.escrow) != held:
         problems.append(f"{shard_id}: escrow holds {ledger.balance(ledger.escrow)}, hop records hold {held}")
-    actual_holds = {key: value for key, value in ledger.holds.items() if value}
-    if actual_holds != holds:
-        problems.append(f"{shard_id}: position-limit holds {len(actual_holds)} != unanswered flows' {len(holds)}")
+    if ledger.holds != holds:
+        differ = sorted((c.hex()[:8], p) for c, p in set(ledger.holds) ^ set(holds) | {
+            k for k in set(ledger.holds) & set(holds) if ledger.holds[k] != holds[k]})
+        problems.append(f"{shard_id}: position-limit holds differ from the unanswered flows' at {differ[:5]}")
     actual = {(parts[0], parts[1]): value for parts, value in shard.storage.items("reserved")}
     if actual != expected:
         problems.append(f"{shard_id}: reservations {sorted(actual.items())} != flows' {sorted(expected.items())}")

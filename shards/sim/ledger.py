@@ -58,6 +58,7 @@ class SimLedger:
         self.locked: dict[bytes, int] = {}  # flow -> money taken from the consumer here
         self.paid: dict[bytes, int] = {}  # flow -> money paid out of escrow here
         self.holds: dict[tuple[bytes, int], int] = {}  # (consumer, period) -> Wh of flows opened here, unanswered
+        self.flow_holds: dict[bytes, tuple[bytes, int, int, int]] = {}  # flow -> what it holds
         self.payments: list[tuple[bytes, bytes, int, str]] = []
         self.out_flows: dict[str, frozenset[bytes]] = {n: frozenset() for n in topology.neighbours(shard)}
         self.in_flows: dict[str, frozenset[bytes]] = {n: frozenset() for n in topology.neighbours(shard)}
@@ -85,6 +86,12 @@ class SimLedger:
         if self._undo is not None:
             self._undo.append(lambda: table.pop(key, None) if old is _ABSENT else table.__setitem__(key, old))
         table[key] = value
+
+    def _drop(self, attr: str, key) -> None:
+        table = getattr(self, attr)
+        old = table.pop(key)
+        if self._undo is not None:
+            self._undo.append(lambda: table.__setitem__(key, old))
 
     def _scalar(self, attr: str, value) -> None:
         old = getattr(self, attr)
@@ -133,12 +140,26 @@ class SimLedger:
             return "bad_point"  # meters are not simulated: the consumer's own address only
         return None
 
-    def hold_buyer(self, consumer: bytes, energy_wh: int, first_period: int, last_period: int, sign: int) -> None:
+    def hold_buyer(self, flow_id: bytes, consumer: bytes, energy_wh: int, first_period: int, last_period: int) -> None:
+        if flow_id in self.flow_holds:
+            self.problems.append(f"{self.shard}: flow {flow_id.hex()[:8]} holds its energy twice")
+        self._set("flow_holds", flow_id, (consumer, energy_wh, first_period, last_period))
         for period in range(first_period, last_period + 1):
-            held = self.holds.get((consumer, period), 0) + sign * energy_wh
-            if held < 0:
-                self.problems.append(f"{self.shard}: {consumer.hex()[:8]} releases a hold it does not have in period {period}")
-            self._set("holds", (consumer, period), held)
+            self._set("holds", (consumer, period), self.holds.get((consumer, period), 0) + energy_wh)
+
+    def release_buyer(self, flow_id: bytes) -> None:
+        hold = self.flow_holds.get(flow_id)
+        if hold is None:  # every simulated flow holds from its opening
+            self.problems.append(f"{self.shard}: flow {flow_id.hex()[:8]} releases a hold it does not have")
+            return
+        self._drop("flow_holds", flow_id)
+        consumer, energy_wh, first_period, last_period = hold
+        for period in range(first_period, last_period + 1):
+            held = self.holds[(consumer, period)] - energy_wh
+            if held:
+                self._set("holds", (consumer, period), held)
+            else:
+                self._drop("holds", (consumer, period))
 
     def lock(self, flow_id: bytes, payer: bytes, currency: str, amount: int) -> None:
         if currency != self.currency:
