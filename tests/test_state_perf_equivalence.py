@@ -140,6 +140,44 @@ def test_a_single_write_after_a_batch_gives_the_records_of_its_state(writes, new
     assert tree.records == reference_records(state)
 
 
+def _flip(path: bytes, bit: int, rng: random.Random) -> bytes:
+    """A path equal to ``path`` before ``bit``, different at it, random after it."""
+    out = bytearray(path)
+    out[bit // 8] ^= 0x80 >> (bit % 8)
+    for i in range(bit + 1, 256):
+        if rng.random() < 0.5:
+            out[i // 8] ^= 0x80 >> (i % 8)
+    return bytes(out)
+
+
+def test_a_new_key_parts_from_the_leaf_it_lands_on_at_every_depth_of_three_chunk_levels():
+    # A write landing on another key's leaf places both keys in one step: every depth at
+    # which the two paths can part (inside the leaf's chunk, and past its bottom row into
+    # a new child chunk), below leaves in chunks at depths 0, 1 and 2, with values kept in
+    # the chunk, empty, and stored outside it.
+    rng = random.Random(11)
+    values = [b"v", b"", b"x" + bytes(MAX_INLINE_VALUE)]
+    for leaf_depth in (None, 3, 8, 12, 16, 21):  # where the first key's leaf sits (None: alone)
+        first = rng.randbytes(32)
+        base = {first: b"A"}
+        if leaf_depth is not None:
+            base[_flip(first, leaf_depth - 1, rng)] = b"B"  # pushes the first key's leaf down
+        start = 0 if leaf_depth is None else leaf_depth
+        for bit in range(start, min(start + 10, 256)):
+            new = _flip(first, bit, rng)
+            for old_value in values:
+                value = values[bit % 3]
+                tree = MemoryTree(path_of=lambda key: key)
+                state = dict(base)
+                state[first] = old_value
+                tree.write(state)
+                tree.write({new: value})
+                state[new] = value
+                assert tree.records == reference_records(state), (leaf_depth, bit)
+                assert tree.root == reference_root({p: leaf_hash(p, value_hash(v)) for p, v in state.items()})
+                assert tree.blobs == {p: v for p, v in state.items() if len(v) > MAX_INLINE_VALUE}
+
+
 def test_a_chunk_decodes_the_same_from_bytes_and_from_a_database_buffer():
     rng = random.Random(3)
     tree = MemoryTree()
