@@ -314,6 +314,9 @@ class Relayer:
         self._horizon_after: dict[Channel, int | None] = {}  # ... once the delivery built last commits
         self._intervals: dict[Channel, int] = {}  # the source's checkpoint interval, from the client
         self._submit_locks = {s: asyncio.Lock() for s in shards}
+        # Packets per delivery on a channel, once one ran out of gas: a delivery of many
+        # heavy packets (flows over many periods) may not fit one transaction's gas.
+        self._item_caps: dict[Channel, int] = {}
 
     async def close(self) -> None:
         for clients in self._clients.values():
@@ -551,7 +554,8 @@ class Relayer:
             # The packets the poll saw (or a guess); the plan below trims them to send_seq,
             # and what was sent since goes in the next delivery.
             wanted = DEFAULT_BATCH if sent is None else sent - next_recv
-            seqs = range(next_recv, next_recv + (0 if schedule_only else max(1, min(MAX_DELIVERY_ITEMS, wanted))))
+            cap = self._item_caps.get(channel, MAX_DELIVERY_ITEMS)
+            seqs = range(next_recv, next_recv + (0 if schedule_only else max(1, min(cap, wanted))))
             keys = [send_key, *(validator_epoch_key(e) for e in epoch_numbers), *(outbox_key(dst, s) for s in seqs)]
             # Verified below as the destination will: by its light client of the source.
             state = await self._read(src, keys, verify=False)
@@ -566,7 +570,8 @@ class Relayer:
                 break
             lookahead *= 2  # every record read was present: look further
         next_send = next_recv if schedule_only else state.int_value(send_key)
-        plan = plan_channel(client, epochs, state.header.height, next_recv, next_send)
+        # Within the packets read: send_seq may have moved on since the poll that set ``sent``.
+        plan = plan_channel(client, epochs, state.header.height, next_recv, next_send, max_items=len(seqs))
         if plan.handover_epoch is not None:
             # The source's head is certified by a set the client does not know: teach it
             # the change first, with the bundle the source's nodes kept for that epoch.
@@ -646,6 +651,11 @@ class Relayer:
                           source_height=delivery.header.height)
             return count
         code, message = receipt.error if receipt is not None and receipt.error is not None else ("failed", "")
+        if code == "out_of_gas" and len(delivery.items) > 1:
+            # Deliver fewer packets at a time on this channel from now on (down to one).
+            self._item_caps[channel] = len(delivery.items) // 2
+            self.log.warning("delivery ran out of gas: fewer packets per delivery", channel=str(channel),
+                             packets=len(delivery.items), now=self._item_caps[channel], gas_limit=self.gas_limit)
         if code in RACE_CODES or (handover and code == "schedule_mismatch"):
             # (A hand-over another relayer delivered first: the client already knows the epoch.)
             self.stats.duplicates += 1

@@ -385,3 +385,48 @@ def test_the_relayer_process_keeps_idle_bridges_within_their_horizon(tree):
         assert _metric(relayer.http_port, "gridledger_relay_refreshes_total") >= 2
     finally:
         tree.kill("relayer-1")
+
+
+def test_a_delivery_that_runs_out_of_gas_is_split_until_its_packets_fit(tree):
+    async def run() -> None:
+        async with TreeClient(tree) as client:
+            endpoints = _endpoints(tree, client)
+            measure = Relayer(client.keys["relayer-0"], endpoints, [UP, DOWN])
+            tight = None
+
+            async def deliver(count: int) -> int:
+                """Deliver the next ``count`` packets up in one transaction; its gas."""
+                handled = await _counter(client, "ch", "recv_seq", "ch/zurich")
+                # (A poll that saw fewer packets than the source holds plans within what it read.)
+                delivery = await measure.prepare(UP, sent=handled + count)
+                assert len(delivery.items) == count
+                account = await measure._account("ch")
+                tx = account.call("bridge", "deliver", [delivery.encode()], gas_limit=measure.gas_limit)
+                result = await measure.client("ch").submit(tx, wait=True, timeout_s=30)
+                assert result.receipt.ok, result.receipt.error
+                return result.receipt.gas_used
+
+            try:
+                for _ in range(5):
+                    await _open_flow(client)
+                one, two = await deliver(1), await deliver(2)
+                per_packet = two - one
+                assert per_packet > 0
+                # A relayer whose gas limit fits one such packet but not two.
+                tight = Relayer(client.keys["relayer-1"], endpoints, [UP], gas_limit=one + per_packet // 2)
+                handled = await _counter(client, "ch", "recv_seq", "ch/zurich")
+                with pytest.raises(RelayError) as refused:
+                    await tight.relay_channel(UP)  # the two packets left, in one delivery
+                assert refused.value.code == "out_of_gas"
+                assert await _counter(client, "ch", "recv_seq", "ch/zurich") == handled
+                assert await tight.relay_channel(UP) == 1  # then one at a time
+                assert await tight.relay_channel(UP) == 1
+                assert await _counter(client, "ch", "recv_seq", "ch/zurich") == handled + 2
+                while await measure.round():  # the answers go back down: the bridge is idle again
+                    pass
+            finally:
+                await measure.close()
+                if tight is not None:
+                    await tight.close()
+
+    asyncio.run(run())
