@@ -51,6 +51,7 @@ __all__ = [
     "Chunk",
     "chunk_key",
     "copy_chunk",
+    "cut_leaf",
     "decode_chunk",
     "del_leaf",
     "delete_position",
@@ -320,14 +321,18 @@ def set_leaf(c: Chunk, pos: int, key: bytes, value: bytes, x: int) -> None:
 
 def del_leaf(c: Chunk, pos: int) -> None:
     if (c.lb >> pos) & 1:
-        at, o, kl, vl = leaf_at(c, pos)
-        b = c.b
-        del b[o : o + kl + vl]
-        del b[at : at + 8]
-        c.lb ^= 1 << pos
-        c.nl -= 1
-        if (c.xb >> pos) & 1:
-            c.xb ^= 1 << pos
+        cut_leaf(c, pos, *leaf_at(c, pos))
+
+
+def cut_leaf(c: Chunk, pos: int, at: int, o: int, kl: int, vl: int) -> None:
+    """Remove the leaf at ``pos`` whose :func:`leaf_at` offsets the caller already has."""
+    b = c.b
+    del b[o : o + kl + vl]
+    del b[at : at + 8]
+    c.lb ^= 1 << pos
+    c.nl -= 1
+    if (c.xb >> pos) & 1:
+        c.xb ^= 1 << pos
 
 
 def lookup(raw, pi: int, k: int) -> tuple[bytes, bytes, int] | bool:

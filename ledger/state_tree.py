@@ -65,6 +65,7 @@ from ledger.state_chunk import (
     Chunk,
     chunk_key,
     copy_chunk,
+    cut_leaf,
     decode_chunk,
     del_leaf,
     delete_position,
@@ -368,16 +369,10 @@ class TreeBatch:
         key = bytes(b[at_key:m])
         value = bytes(b[m : m + vl])
         x = (c.xb >> pos) & 1
-        s = (c.eb & LOW[pos]).bit_count() << 5
-        lh = bytes(b[s : s + 32])
+        lh = c.get(pos)
         path = self.path_of(key)
         pi = int.from_bytes(path, "big")
-        del b[at_key : m + vl]
-        del b[at : at + 8]
-        c.lb ^= 1 << pos
-        c.nl -= 1
-        if x:
-            c.xb ^= 1 << pos
+        cut_leaf(c, pos, at, at_key, kl, vl)
         # The node where the paths part, in chunk levels below this chunk's root.
         d = 256 - (pi ^ o[1]).bit_length() - CHUNK_BITS * k
         if d >= CHUNK_BITS:

@@ -10,9 +10,8 @@ After every block (``check_step``):
   per flow, what the origin locked = held on all hops + in flight + paid out;
 * **no capacity is over-booked**: per bridge and period, the reservations equal the sum
   over the flows reserving there and stay within the capacity;
-* **position-limit holds**: per origin shard, consumer and period, the energy held
-  toward the consumer's limit is that of the flows it opened there still waiting for
-  their answer;
+* **position-limit holds**: each shard holds energy toward a consumer's limit for
+  exactly the flows it opened that still wait for their answer, as their specs say;
 * **energy is conserved**: across each bridge, the flows whose tokens leave one side are
   the flows whose tokens enter the other, up to the packets that create or cancel the
   second token in flight;
@@ -87,15 +86,13 @@ def _shard(world, shard_id: str) -> list[str]:
         problems.append(f"{shard_id}: supply {ledger.supply} != sum of balances {sum(ledger.balances.values())}")
     held = 0
     expected: dict[tuple[str, int], int] = {}
-    holds: dict[tuple[bytes, int], int] = {}
+    holds: dict[bytes, tuple[bytes, int, int, int]] = {}
     topology = world.topology
-    for _, fields in shard.storage.items("flow"):
+    for parts, fields in shard.storage.items("flow"):
         held += fields[R_HELD]
         if fields[R_INDEX] == 0 and fields[R_PHASE] == LOCKED:  # opened here, not answered yet
             spec = fields[R_SPEC]
-            for period in range(spec[S_FIRST], spec[S_LAST] + 1):
-                key = (spec[S_CONSUMER], period)
-                holds[key] = holds.get(key, 0) + spec[S_ENERGY]
+            holds[parts[0]] = (spec[S_CONSUMER], spec[S_ENERGY], spec[S_FIRST], spec[S_LAST])
         if fields[R_RESERVED]:
             spec = fields[R_SPEC]
             for _, child in topology.edges_reserved_at(spec[S_PATH], fields[R_INDEX]):
@@ -103,10 +100,9 @@ def _shard(world, shard_id: str) -> list[str]:
                     expected[(child, period)] = expected.get((child, period), 0) + spec[S_ENERGY]
     if ledger.balance(ledger.escrow) != held:
         problems.append(f"{shard_id}: escrow holds {ledger.balance(ledger.escrow)}, hop records hold {held}")
-    if ledger.holds != holds:
-        differ = sorted((c.hex()[:8], p) for c, p in set(ledger.holds) ^ set(holds) | {
-            k for k in set(ledger.holds) & set(holds) if ledger.holds[k] != holds[k]})
-        problems.append(f"{shard_id}: position-limit holds differ from the unanswered flows' at {differ[:5]}")
+    if ledger.flow_holds != holds:
+        differ = sorted(f.hex()[:8] for f in set(ledger.flow_holds) | set(holds) if ledger.flow_holds.get(f) != holds.get(f))
+        problems.append(f"{shard_id}: position-limit holds differ from the unanswered flows' for flows {differ[:5]}")
     actual = {(parts[0], parts[1]): value for parts, value in shard.storage.items("reserved")}
     if actual != expected:
         problems.append(f"{shard_id}: reservations {sorted(actual.items())} != flows' {sorted(expected.items())}")

@@ -57,8 +57,8 @@ class SimLedger:
         self.next_serial = 1
         self.locked: dict[bytes, int] = {}  # flow -> money taken from the consumer here
         self.paid: dict[bytes, int] = {}  # flow -> money paid out of escrow here
-        self.holds: dict[tuple[bytes, int], int] = {}  # (consumer, period) -> Wh of flows opened here, unanswered
-        self.flow_holds: dict[bytes, tuple[bytes, int, int, int]] = {}  # flow -> what it holds
+        # flow opened here, unanswered -> (consumer, energy_wh, first_period, last_period) it holds
+        self.flow_holds: dict[bytes, tuple[bytes, int, int, int]] = {}
         self.payments: list[tuple[bytes, bytes, int, str]] = []
         self.out_flows: dict[str, frozenset[bytes]] = {n: frozenset() for n in topology.neighbours(shard)}
         self.in_flows: dict[str, frozenset[bytes]] = {n: frozenset() for n in topology.neighbours(shard)}
@@ -144,22 +144,12 @@ class SimLedger:
         if flow_id in self.flow_holds:
             self.problems.append(f"{self.shard}: flow {flow_id.hex()[:8]} holds its energy twice")
         self._set("flow_holds", flow_id, (consumer, energy_wh, first_period, last_period))
-        for period in range(first_period, last_period + 1):
-            self._set("holds", (consumer, period), self.holds.get((consumer, period), 0) + energy_wh)
 
     def release_buyer(self, flow_id: bytes) -> None:
-        hold = self.flow_holds.get(flow_id)
-        if hold is None:  # every simulated flow holds from its opening
+        if flow_id not in self.flow_holds:  # every simulated flow holds from its opening
             self.problems.append(f"{self.shard}: flow {flow_id.hex()[:8]} releases a hold it does not have")
             return
         self._drop("flow_holds", flow_id)
-        consumer, energy_wh, first_period, last_period = hold
-        for period in range(first_period, last_period + 1):
-            held = self.holds[(consumer, period)] - energy_wh
-            if held:
-                self._set("holds", (consumer, period), held)
-            else:
-                self._drop("holds", (consumer, period))
 
     def lock(self, flow_id: bytes, payer: bytes, currency: str, amount: int) -> None:
         if currency != self.currency:
