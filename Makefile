@@ -9,18 +9,21 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test soak lint bench clean-venv
 
-$(STAMP): pyproject.toml
+# The install also builds the state tree's optional compiled part (setup.py); without a
+# C compiler it is skipped and the same code runs in pure Python, slower.
+$(STAMP): pyproject.toml setup.py ledger/_state_native.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gridledger needs Python 3.11 or newer; set PYTHON=python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,fast]'
+	@PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,fast]'
+	@$(PY) -c 'from ledger.state_native import BACKEND as b; b == "compiled" or print("gridledger: no C compiler or OpenSSL headers here: the state tree runs in pure Python (same results, slower)")'
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	@$(PY) -m cli.main demo
 
 test: $(STAMP)
-	@GRIDLEDGER_REQUIRE_FAST_BLS=1 $(PY) -m pytest
+	@GRIDLEDGER_REQUIRE_FAST_BLS=1 GRIDLEDGER_REQUIRE_NATIVE_TREE=1 $(PY) -m pytest
 
 # Long runs outside the test budget: simulator sweeps, the 50-cycle SIGKILL soak and the
 # full shard tree.

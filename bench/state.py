@@ -29,7 +29,10 @@ starts. Prints one JSON line:
   copy of the written pages);
 * ``proof_bytes``: the larger of the mean and the median encoded proof size over
   members and non-members (``proof_bytes_p99`` too);
-* ``proof_verify_us``: mean time of ``verify_proof`` on an encoded proof (decode included).
+* ``proof_verify_us``: mean time of ``verify_proof`` on an encoded proof (decode included);
+* ``tree_backend``: ``compiled`` when the tree's hot loops run in ``ledger._state_native``
+  (built by ``make`` where a C compiler exists), ``python`` otherwise
+  (``GRIDLEDGER_PURE_TREE=1`` forces it, for the comparison).
 
 The proofs are verified, and ``Store.get`` and ``Store.reader`` are checked against them
 (at this scale reads skip the full top chunks, a path no unit test reaches).
@@ -40,19 +43,30 @@ The store lives in a temporary directory under ``--dir`` (default: the system te
 directory, i.e. a real disk here, not tmpfs) and is deleted afterwards.
 
 **Where a block's time goes** (10^6 keys, 10,000 writes, CPU time of the thread, 2-core
-machine, idle: load < 1). Preparing: ~150-165 ms (the same code varies by ~8 % between
-runs here). Of that, turning the writes into ops (a path, value and leaf hash each)
-~15 ms; the tree batch ~140 ms, of which ~115,000 SHA-256 calls at ~0.32 µs with their
-slicing (~37 ms; the hash itself is ~0.24 µs with SHA-NI) and ~9,800 chunk loads (an LMDB
-get ~1.3 µs, the copy of a ~3 KB record out of the map and its decoding ~1-2.6 µs); the
-rest is Python bookkeeping spread over the walk. Applying: classifying, encoding and
-putting the ~10,000 records ~24 ms (~3 + 10 + 11 ms; on the pipelined run's critical
-path: the node thread waits while py-lmdb takes the GIL back after every put), the
-commit (~51 MB written, fsync) ~40 ms of CPU, overlapped with the next block's
-preparation; that overlap costs the preparation ~15-25 ms of CPU (a thread writing and
+machine, idle: load < 1). With the compiled hot loops (``tree_backend: compiled``):
+preparing ~95-100 ms, of which the ~9,800 chunk loads (an LMDB get ~1.3 µs and the copy
+of a ~3 KB record out of the map) and the batch's Python walk (sorting, descending,
+splits, bookkeeping) are most; the ~100,000 SHA-256 of the tree run in C at ~0.12 µs
+each. Applying: classifying, encoding and putting the ~10,000 records ~24 ms (~3 + 10 +
+11 ms; on the pipelined run's critical path: the node thread waits while py-lmdb takes
+the GIL back after every put), the commit (~51 MB written, fsync) ~40 ms of CPU,
+overlapped with the next block's preparation. Pipelined, a block takes ~160-170 ms:
+58,000-65,000 updates/s (pure Python: ~43,000).
+
+In pure Python (``GRIDLEDGER_PURE_TREE=1``, or no C compiler) preparing takes ~150-165 ms:
+turning the writes into ops (a path, value and leaf hash each) ~15 ms; the tree batch
+~140 ms, of which ~115,000 SHA-256 calls at ~0.32 µs with their slicing (~37 ms; the
+hash itself is ~0.12 µs) and the chunk loads and edits (inserting a leaf or a hash into
+a chunk's bytearray ~1.5 µs each); the rest is Python bookkeeping spread over the walk.
+The overlapped commit costs the preparation ~15-25 ms of CPU (a thread writing and
 syncing 51 MB to another file beside a serial preparation reproduces ~13 ms of it: the
-kernel's copy competes for the shared cache and memory). Pipelined, a block takes
-~210-240 ms: preparing, the put phase, and that contention.
+kernel's copy competes for the shared cache and memory). Which loops went to C, and
+why those (``ledger.state_native``): the three that do most hashes (a write's walk up a
+chunk, the level-by-level rehash of a full top chunk, a write's path and leaf hash) and
+the two chunk edits and the decoder that run once per touched chunk; measured one step
+at a time, preparing went 150 -> 139 (hash loops) -> 125 (OpenSSL through a reused EVP
+context instead of the one-shot SHA256(), which fetches the algorithm on every call)
+-> 97 ms (edits and decoder in C).
 
 To compare two versions of the tree code, time both in one process on one store, block
 by block in alternation (runs of this benchmark differ by more than most changes);
@@ -64,8 +78,8 @@ shrank by ~11 ms, the preparation grew by as much, rewriting the bitmaps); guess
 database per depth (< 0.5 %); letting the committer put while the next block is prepared
 (a GIL handoff per put: 32,000/s against 45,000/s); a larger collector threshold (no
 difference); the two tree modules compiled unchanged with Cython (-4 % of the
-preparation, and a compiler the README's fresh clone does not have). Two processes each
-preparing half of a block (their own read transactions, the records sent back through a
+preparation: the interpreter's work stays; hand-written C for the hot loops took
+35-40 %). Two processes each preparing half of a block (their own read transactions, the records sent back through a
 pipe): 148-163 ms of wall time against ~170 ms for one process on an idle machine, each
 half taking ~105-120 ms instead of ~85 beside the other, before the commit joins them
 on the same two cores; 275-330 ms against 200-540 ms under a load of 5-8.
@@ -84,6 +98,7 @@ import tempfile
 import time
 
 from ledger.state import verify_proof
+from ledger.state_native import BACKEND as TREE_BACKEND
 from ledger.statekeys import state_key
 from ledger.store import Committer, PreparedState, Store
 
@@ -214,6 +229,7 @@ def run(n_keys: int, directory: str | None, blocks: int, blocks_1k: int, seed: i
             "proof_verify_us": round(verify_us, 1),
             "setup_s": round(setup_s, 1),
             "load_1m": round(load, 1),
+            "tree_backend": TREE_BACKEND,
             "pipelined": True,
             "sync": True,
         }

@@ -33,6 +33,7 @@ import hashlib
 import struct
 
 from ledger.state import NODE_PREFIX
+from ledger.state_native import native
 
 __all__ = [
     "ANC",
@@ -362,3 +363,21 @@ def lookup(raw, pi: int, k: int) -> tuple[bytes, bytes, int] | bool:
     m = start + kl
     outside = (int.from_bytes(raw[e + 1 : x], "little") >> pos) & 1 if x > e + 1 else 0
     return bytes(raw[start:m]), bytes(raw[m : m + vl]), outside
+
+
+# The compiled twins of the edits and the decoder (ledger/_state_native.c), where built:
+# the same bytes with less interpreter (see ledger.state_native). The Python definitions
+# stay the reference, under py_* names for the differential tests.
+py_set_hash = set_hash
+py_set_leaf = set_leaf
+py_decode_chunk = decode_chunk
+if native is not None:
+    native.bind(Chunk)
+    set_hash = native.set_hash  # noqa: F811
+    set_leaf = native.set_leaf  # noqa: F811
+    _native_decode = native.decode_chunk
+
+    def decode_chunk(raw: bytes) -> Chunk:  # noqa: F811
+        """As :func:`py_decode_chunk` (compact records, read once per process, decode there)."""
+        chunk = _native_decode(raw)
+        return py_decode_chunk(raw) if chunk is None else chunk

@@ -55,6 +55,7 @@ from ledger.state_chunk import (
     landing,
     lookup,
 )
+from ledger.state_native import path_leaf
 from ledger.state_tree import TreeBatch, iter_leaves, prove_path
 
 __all__ = [
@@ -446,7 +447,6 @@ def ops_of(writes: Mapping[bytes, bytes | None]) -> tuple[list[tuple], dict[byte
     """Check ``writes`` and turn them into tree ops (``ledger.state_tree.op``) in tree order."""
     sha = _sha256
     tag = _PATH_TAG
-    prefix = LEAF_PREFIX
     from_bytes = int.from_bytes
     ops: list[tuple] = []
     append = ops.append
@@ -456,16 +456,15 @@ def ops_of(writes: Mapping[bytes, bytes | None]) -> tuple[list[tuple], dict[byte
                 f"state keys are 1..{MAX_KEY_SIZE} bytes; got {type(key).__name__} of length "
                 f"{len(key) if isinstance(key, bytes) else '?'}"
             )
-        path = sha(tag + key).digest()
         # The same tuples as ledger.state_tree.op, built inline: this runs once per write.
         if type(value) is bytes:
+            path, lh = path_leaf(tag, key, value)
             if len(value) > MAX_INLINE_VALUE:
-                lh = sha(prefix + path + sha(value).digest()).digest()
                 append((path, from_bytes(path, "big"), lh, key, b"", 1, value))
             else:
-                append((path, from_bytes(path, "big"),
-                        sha(prefix + path + sha(value).digest()).digest(), key, value, 0))
+                append((path, from_bytes(path, "big"), lh, key, value, 0))
         elif value is None:
+            path = sha(tag + key).digest()
             append((path, from_bytes(path, "big"), None, key, None, 0))
         else:
             raise StoreError(
