@@ -269,13 +269,23 @@ class TreeStory:
                  + ", ".join(f"{short(c.split(' -> ')[0])}->{short(c.split(' -> ')[1])} {carried.get(c, 0)}"
                              for c in along + back))
         self.records = {s: await tree.flow(s, self.flow_id) for s in self.path}
-        self.say("   one token per shard, the bridges as counterparties (energy_tokens state, verified):")
+        self.say("   one token per shard, the bridges as counterparties, each carrying the sold energy's "
+                 "category and CO2 (energy_tokens state, verified):")
+        energies = set()
         for shard in self.path:
             record = self.records[shard]
             producer = await tree.read(shard, "energy_tokens", "sides", [record.token_ref, "producer"])
             consumer = await tree.read(shard, "energy_tokens", "sides", [record.token_ref, "consumer"])
+            token = await tree.read(shard, "energy_tokens", "records", [record.token_ref])
+            energies.add((token["category"], token["co2_mg"] // token["energy_wh"]))
             self.say(f"      {shard:<22} token #{record.token_ref:<3} {self.label(producer[0])} -> "
-                     f"{self.label(consumer[0])}; held in escrow {chf(record.held)} (its fee {chf(record.fee)})")
+                     f"{self.label(consumer[0])}, {token['category']} at {token['co2_mg'] // token['energy_wh']} g/kWh; "
+                     f"held in escrow {chf(record.held)} (its fee {chf(record.fee)})")
+        if energies != {("solar", 40)}:
+            raise StoryError(f"the flow's tokens do not all carry the producer's solar energy at 40 g/kWh: {energies}")
+        self.facts["flow_energy"] = sorted(energies)
+        self.say(f"   the consumer's token in {short(ORIGIN)} is settled there like a local purchase: "
+                 f"its CO2 fee goes to {short(ORIGIN)}'s CO2 authority")
         self.after_commit = await self.balances()
         paid = self.before["consumer"] - self.after_commit["consumer"]
         self.facts["consumer_paid"] = paid

@@ -332,16 +332,19 @@ class FlowModule(DeliveryIntake):
             code, message = refusal
             reason = f"{code} at {self.shard}: {message}"[: P.MAX_REASON_LEN]
             self._put(HopRecord(spec, index, REFUNDED, reason=reason))
-            self._send_with_money(packet.src, P.RESULT, spec, amount, lambda r, m: ["aborted", reason, r, m], flow_id)
+            self._send_with_money(packet.src, P.RESULT, spec, amount, lambda r, m: ["aborted", reason, None, r, m], flow_id)
             return
         self._reserve(spec, index, +1)
         if is_destination:
             # Commit: the side goes to the bridge toward the consumer; the price and this
             # level's fee stay in escrow until delivery begins (SETTLE) or a redispatch.
-            token, seller = self.effects.buy_offer(flow_id, spec, bridge_address(self.shard, packet.src))
+            # The result names the token's category and CO2: every hop token carries them.
+            token, seller, energy = self.effects.buy_offer(flow_id, spec, bridge_address(self.shard, packet.src))
             held = fee + spec.price
             self._put(HopRecord(spec, index, COMMITTED, held=held, fee=fee, reserved=True, token_ref=token, seller=seller))
-            self._send_with_money(packet.src, P.RESULT, spec, amount - held, lambda r, m: ["committed", "", r, m], flow_id)
+            self._send_with_money(
+                packet.src, P.RESULT, spec, amount - held, lambda r, m: ["committed", "", list(energy), r, m], flow_id
+            )
         else:
             self._put(HopRecord(spec, index, RESERVED, held=fee, fee=fee, reserved=True))
             self._send_with_money(spec.path[index + 1], P.RESERVE, spec, amount - fee, lambda r, m: [spec.to_fields(), r, m], flow_id)
@@ -373,7 +376,7 @@ class FlowModule(DeliveryIntake):
 
     def _on_result(self, now: int, packet: Packet) -> None:
         record = self._expect(packet, (LOCKED, RESERVED), from_next=True)
-        outcome, reason, release, mint = packet.body
+        outcome, reason, energy, release, mint = packet.body
         spec = record.spec
         flow_id = packet.flow_id
         amount = release + mint
@@ -384,13 +387,17 @@ class FlowModule(DeliveryIntake):
             here = self.shard
             consumer_side = spec.consumer if record.is_origin else bridge_address(here, record.previous)
             point = spec.point if record.is_origin else consumer_side
-            token = self.effects.create_hop_token(flow_id, spec, bridge_address(here, record.next), consumer_side, point)
+            token = self.effects.create_hop_token(
+                flow_id, spec, bridge_address(here, record.next), consumer_side, point, energy
+            )
             self._put(record.but(phase=COMMITTED, token_ref=token))
             if record.is_origin:
                 # The fee budget not charged by any level goes back to the consumer now.
                 self._pay(spec, spec.consumer, amount, "flow_unused_fee_budget")
             else:
-                self._send_with_money(record.previous, P.RESULT, spec, amount, lambda r, m: ["committed", "", r, m], flow_id)
+                self._send_with_money(
+                    record.previous, P.RESULT, spec, amount, lambda r, m: ["committed", "", list(energy), r, m], flow_id
+                )
             return
         # Aborted somewhere ahead: release this hop's capacity; its fee goes back too.
         self._reserve(spec, record.index, -1)
@@ -399,7 +406,7 @@ class FlowModule(DeliveryIntake):
         if record.is_origin:
             self._pay(spec, spec.consumer, back, "flow_refund")
         else:
-            self._send_with_money(record.previous, P.RESULT, spec, back, lambda r, m: ["aborted", reason, r, m], flow_id)
+            self._send_with_money(record.previous, P.RESULT, spec, back, lambda r, m: ["aborted", reason, None, r, m], flow_id)
 
     def _on_settle(self, now: int, packet: Packet) -> None:
         record = self._expect(packet, (COMMITTED,), from_next=False)

@@ -165,17 +165,19 @@ class MarketEffects:
             spec.first_period, spec.last_period,
         )
 
-    def buy_offer(self, flow_id: bytes, spec: FlowSpec, buyer: bytes) -> tuple[int, bytes]:
-        serial, seller = self.host.call("energy_tokens", "bridge_buy_offer", spec.token, buyer, flow_id)
-        return serial, seller
+    def buy_offer(self, flow_id: bytes, spec: FlowSpec, buyer: bytes) -> tuple[int, bytes, tuple[str, int]]:
+        serial, seller, category, co2_mg = self.host.call("energy_tokens", "bridge_buy_offer", spec.token, buyer, flow_id)
+        return serial, seller, (category, co2_mg)
 
     def revert_offer(self, flow_id: bytes, spec: FlowSpec, token: int, seller: bytes) -> None:
         self.host.call("energy_tokens", "bridge_revert_offer", token, seller, flow_id)
 
-    def create_hop_token(self, flow_id: bytes, spec: FlowSpec, producer: bytes, consumer: bytes, point: bytes) -> int:
+    def create_hop_token(
+        self, flow_id: bytes, spec: FlowSpec, producer: bytes, consumer: bytes, point: bytes, energy: tuple[str, int]
+    ) -> int:
         return self.host.call(
             "energy_tokens", "bridge_create_hop_token", flow_id, producer, consumer, point, consumer in self._bridges,
-            spec.energy_wh, spec.first_period, spec.last_period, spec.currency,
+            spec.energy_wh, spec.first_period, spec.last_period, spec.currency, energy[0], energy[1],
         )
 
     def cancel_hop_token(self, flow_id: bytes, token: int) -> None:

@@ -25,14 +25,18 @@ from ``dst``: the receiver may prune its outbox below it. ``body`` by ``kind``:
 kind                body                                  direction along the flow path
 ==================  ====================================  ==============================
 ``reserve``         [flow spec, release, mint]            forward (origin -> destination)
-``result``          [outcome, reason, release, mint]      backward
+``result``          [outcome, reason, energy, release,    backward
+                    mint]
 ``settle``          []                                    forward
 ``cancel_request``  [requesting shard]                    backward
 ``cancel``          []                                    forward
 ``cancel_done``     [release, mint]                       backward
 ==================  ====================================  ==============================
 
-``release + mint`` is money travelling with the packet (see ``shards.flow``).
+``release + mint`` is money travelling with the packet (see ``shards.flow``). A committed
+result's ``energy`` is ``[category, co2_mg]`` of the destination token whose side was
+bought (CO2 in mg per elementary period, as tokens store it), so every hop token of the
+flow carries what the producer's token delivers; an aborted result's is nil.
 
 **A delivery** is what a relayer submits to the destination shard: one certified header
 of the source, the proofs of the source's validator-set records needed to follow its
@@ -75,7 +79,8 @@ __all__ = [
     "verify_packet_proof",
 ]
 
-PACKET_VERSION = 1
+# Version 2: a result carries the energy's category and CO2 (version 1 had neither).
+PACKET_VERSION = 2
 DELIVERY_VERSION = 1
 
 RESERVE = "reserve"
@@ -93,6 +98,8 @@ OUTCOMES = ("committed", "aborted")
 MAX_PACKET_SIZE = 4096
 # A reason is a short error code with its message, shown to the consumer.
 MAX_REASON_LEN = 200
+# An energy category is a short name ("solar", "wind", ...: the market's categories).
+MAX_CATEGORY_LEN = 16
 # Packets per delivery: a relayer catches up on a backlog in batches of this many,
 # each packet with its own ~0.7 KB proof.
 MAX_DELIVERY_ITEMS = 64
@@ -115,11 +122,25 @@ def _money(body: list, at: int) -> tuple[int, int]:
     return _uint(body[at], "release amount"), _uint(body[at + 1], "mint amount")
 
 
+def _energy(outcome: str, energy: Any) -> tuple[str, int] | None:
+    """A result's energy: (category, CO2 in mg per period) when committed, None when aborted."""
+    if outcome == "aborted":
+        if energy is not None:
+            raise PacketError("malformed", "an aborted result carries no energy")
+        return None
+    if not isinstance(energy, list) or len(energy) != 2:
+        raise PacketError("malformed", "a committed result carries its energy as [category, co2_mg]")
+    category, co2_mg = energy
+    if type(category) is not str or not 0 < len(category) <= MAX_CATEGORY_LEN:
+        raise PacketError("malformed", f"an energy category is a name of 1..{MAX_CATEGORY_LEN} characters")
+    return category, _uint(co2_mg, "CO2 (mg per period)")
+
+
 def _check_body(kind: str, body: Any) -> tuple:
     """Validate a body's shape for ``kind``; return it as a tuple of decoded values."""
     if not isinstance(body, list):
         raise PacketError("malformed", "a packet body is an array")
-    sizes = {RESERVE: 3, RESULT: 4, SETTLE: 0, CANCEL_REQUEST: 1, CANCEL: 0, CANCEL_DONE: 2}
+    sizes = {RESERVE: 3, RESULT: 5, SETTLE: 0, CANCEL_REQUEST: 1, CANCEL: 0, CANCEL_DONE: 2}
     if len(body) != sizes[kind]:
         raise PacketError("malformed", f"a {kind} packet body has {sizes[kind]} fields, got {len(body)}")
     if kind == RESERVE:
@@ -132,7 +153,7 @@ def _check_body(kind: str, body: Any) -> tuple:
             raise PacketError("malformed", f"a result's reason is text of at most {MAX_REASON_LEN} characters")
         if (outcome == "aborted") != bool(reason):
             raise PacketError("malformed", "an aborted result names its reason; a committed one has none")
-        return (outcome, reason, *_money(body, 2))
+        return (outcome, reason, _energy(outcome, body[2]), *_money(body, 3))
     if kind == CANCEL_REQUEST:
         try:
             return (check_shard_id(body[0]),)
@@ -157,6 +178,9 @@ class Packet:
         if self.kind == RESERVE:
             spec, release, mint = self.body
             return [spec.to_fields(), release, mint]
+        if self.kind == RESULT:
+            outcome, reason, energy, release, mint = self.body
+            return [outcome, reason, None if energy is None else list(energy), release, mint]
         return list(self.body)
 
     def to_fields(self) -> list:

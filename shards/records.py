@@ -275,18 +275,23 @@ class Effects(Protocol):
         ``spec`` says (price, currency, energy, periods, not frozen), else an error code."""
         ...
 
-    def buy_offer(self, flow_id: bytes, spec: FlowSpec, buyer: bytes) -> tuple[int, bytes]:
+    def buy_offer(self, flow_id: bytes, spec: FlowSpec, buyer: bytes) -> tuple[int, bytes, tuple[str, int]]:
         """Destination: give the consumer side of ``spec.token`` to ``buyer`` (the bridge)
-        without payment (the price is held in escrow); return (token, previous owner)."""
+        without payment (the price is held in escrow); return (token, previous owner, its
+        energy: (category, CO2 in mg per period))."""
         ...
 
     def revert_offer(self, flow_id: bytes, spec: FlowSpec, token: int, seller: bytes) -> None:
         """Destination, redispatch: give the consumer side back to ``seller``, not for sale."""
         ...
 
-    def create_hop_token(self, flow_id: bytes, spec: FlowSpec, producer: bytes, consumer: bytes, point: bytes) -> int:
+    def create_hop_token(
+        self, flow_id: bytes, spec: FlowSpec, producer: bytes, consumer: bytes, point: bytes, energy: tuple[str, int]
+    ) -> int:
         """A token for the flow's energy with ``producer`` and ``consumer`` holding its sides
-        (bridge accounts, or the consumer at the origin); not tradable. Returns its serial."""
+        (bridge accounts, or the consumer at the origin); not tradable. It carries the
+        destination token's ``energy`` (category, CO2 in mg per period), so the consumer's
+        shard charges the CO2 fee and traces the mix. Never refuses. Returns its serial."""
         ...
 
     def cancel_hop_token(self, flow_id: bytes, token: int) -> None:

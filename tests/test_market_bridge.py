@@ -85,10 +85,11 @@ def offered(chain: BridgeChain, price: int = 300, face_value: int = 0) -> int:
 # ====================================================================== who may call
 
 # A contract that forwards any call (the language has no *args: one branch per count).
-IMPOSTOR = "from gridledger import call, export\n\n\n@export\ndef go(contract: str, function: str, args: list):\n" + "".join(
+# A call with more arguments than it forwards fails with bad_args, so the test cannot pass unnoticed.
+IMPOSTOR = "from gridledger import call, export, require\n\n\n@export\ndef go(contract: str, function: str, args: list):\n" + "".join(
     f"    if len(args) == {n}:\n        return call(contract, function{''.join(f', args[{i}]' for i in range(n))})\n"
-    for n in range(1, 10)
-)
+    for n in range(1, 12)
+) + "    require(False, 'bad_args: the impostor forwards at most 11 arguments')\n"
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,7 @@ IMPOSTOR = "from gridledger import call, export\n\n\n@export\ndef go(contract: s
         ("fiat", "bridge_receive", ["CHF", None, 0, 1, FLOW]),
         ("energy_tokens", "bridge_buy_offer", [1, None, FLOW]),
         ("energy_tokens", "bridge_revert_offer", [1, None, FLOW]),
-        ("energy_tokens", "bridge_create_hop_token", [FLOW, None, None, None, True, 1, FIRST, LAST, "CHF"]),
+        ("energy_tokens", "bridge_create_hop_token", [FLOW, None, None, None, True, 1, FIRST, LAST, "CHF", "solar", 0]),
         ("energy_tokens", "bridge_cancel_hop_token", [1, FLOW]),
         ("energy_tokens", "bridge_check_buyer", [None, None, 1, FIRST, LAST]),
         ("energy_tokens", "bridge_hold_buyer", [FLOW, None, 1, FIRST, LAST]),
@@ -296,7 +297,9 @@ def test_check_offer_accepts_only_the_side_exactly_as_the_flow_says(chain):
 def test_a_side_sold_across_a_bridge_is_not_tradable_not_reconciled_and_reverts_to_its_seller(chain):
     serial = offered(chain)
     bridge = chain.bridge_a
-    assert chain.module_ok("energy_tokens", "bridge_buy_offer", serial, bridge, FLOW) == [serial, chain.addr("producer")]
+    # the sale names the energy's category and CO2 (mg per period): the flow's hop tokens carry them
+    sold = chain.module_ok("energy_tokens", "bridge_buy_offer", serial, bridge, FLOW)
+    assert sold == [serial, chain.addr("producer"), "solar", ENERGY * 40]
     side = chain.token(serial)["consumer"]
     assert side == {"owner": bridge, "point": bridge, "price": None, "currency": None, "point_kind": "bridge"}
     assert chain.balance("producer") == 0  # the price waits in the module's escrow
@@ -320,9 +323,11 @@ def test_a_side_sold_across_a_bridge_is_not_tradable_not_reconciled_and_reverts_
 def test_hop_tokens_have_bridge_sides_are_not_tradable_and_cancel_only_for_their_flow(chain):
     consumer = chain.addr("consumer")
     serial = chain.module_ok("energy_tokens", "bridge_create_hop_token", FLOW, chain.bridge_a, consumer, consumer, False,
-                             ENERGY, FIRST, LAST, "CHF")
+                             ENERGY, FIRST, LAST, "CHF", "wind", ENERGY * 12)
     token = chain.token(serial)
-    assert token["purpose"] == "bridge" and token["face_value"] == 0 and token["co2_mg"] == 0
+    assert token["purpose"] == "bridge" and token["face_value"] == 0
+    # the energy the flow bought: its category and CO2 (the consumer's settlement charges the CO2 fee)
+    assert token["category"] == "wind" and token["co2_mg"] == ENERGY * 12
     assert token["producer"]["point_kind"] == "bridge" and token["consumer"]["point_kind"] == "virtual"
     assert chain.view("energy_tokens", "bridge_flow_of", serial) == FLOW
     assert chain.view("energy_tokens", "net_position", consumer, FIRST) == ENERGY
@@ -331,7 +336,8 @@ def test_hop_tokens_have_bridge_sides_are_not_tradable_and_cancel_only_for_their
     assert chain.fails("consumer", "energy_tokens", "propose_withdrawal", serial) == "not_tradable"
     # a hop token between two bridges adds no position anywhere
     between = chain.module_ok("energy_tokens", "bridge_create_hop_token", FLOW, chain.bridge_a, chain.bridge_b,
-                              chain.bridge_b, True, ENERGY, FIRST, LAST, "CHF")
+                              chain.bridge_b, True, ENERGY, FIRST, LAST, "CHF", "tidal", 0)
+    assert chain.token(between)["category"] == "other"  # a category this shard does not know
     assert chain.token(between)["consumer"]["point_kind"] == "bridge"
     assert chain.module_fails("energy_tokens", "bridge_cancel_hop_token", serial, OTHER_FLOW) == "not_allowed"
     chain.module_ok("energy_tokens", "bridge_cancel_hop_token", serial, FLOW)
@@ -343,5 +349,35 @@ def test_hop_tokens_have_bridge_sides_are_not_tradable_and_cancel_only_for_their
 def test_a_hop_token_falls_back_to_the_consumers_address_when_its_point_is_no_longer_valid(chain):
     consumer = chain.addr("consumer")
     serial = chain.module_ok("energy_tokens", "bridge_create_hop_token", FLOW, chain.bridge_a, consumer,
-                             chain.addr("producer"), False, ENERGY, FIRST, LAST, "CHF")
+                             chain.addr("producer"), False, ENERGY, FIRST, LAST, "CHF", "solar", 0)
     assert chain.token(serial)["consumer"]["point"] == consumer
+
+
+def test_a_hop_token_at_a_consumption_meter_owes_its_co2_fee_in_the_consumers_shard():
+    # The consumer's shard settles the energy it bought across shards like a local purchase:
+    # metered, reconciled, and its CO2 fee owed to this shard's CO2 authority.
+    chain = BridgeChain(params={"co2_price_per_t": 12_000})
+    chain.admit("consumer", ["consumer"])
+    chain.mint("consumer", 10_000)
+    chain.ok("consumer", "fiat", "approve", "CHF", chain.view("market_config", "get", "settlement_account"), 10**12)
+    consumer, meter = chain.addr("consumer"), chain.addr("meter_c")
+    capacity = 100_000 * 3600 // int(chain.params["period_s"])
+    chain.ok("grid_operator", "meters", "register_meter", meter, consumer, "consumption", "other", "loc:c", capacity, 0)
+    chain.ok("consumer", "meters", "attest_meter", meter)
+    co2_mg = ENERGY * 100  # 100 g/kWh: 0.5 kg in the period
+    serial = chain.module_ok("energy_tokens", "bridge_create_hop_token", FLOW, chain.bridge_a, consumer, meter, False,
+                             ENERGY, FIRST, FIRST, "CHF", "solar", co2_mg)
+    assert chain.token(serial)["consumer"]["point_kind"] == "consumption"
+    chain.set_time(chain.period_end(FIRST))
+    chain.ok("meter_c", "meters", "submit_reading", FIRST, ENERGY)  # took what it bought: no imbalance
+    # each in one call (max_work 0: the whole step)
+    chain.ok("grid_operator", "reconciliation", "reconcile_period", FIRST, 0)
+    chain.ok("grid_operator", "grid_fees", "publish_transmission_cost", FIRST, 0, 0)
+    chain.ok("grid_operator", "settlement", "run_settlement", 0)
+    fees = []
+    for oid in range(1, chain.view("settlement", "obligation_count") + 1):
+        o = chain.view("settlement", "obligation_of", oid)
+        fees.append((o[0], chain.name_of(o[1]), chain.name_of(o[2]), o[4], o[6], o[7]))
+    # 0.5 kg at 12,000 per tonne = 6; no face value (0) and no grid fee (no cost published)
+    assert fees == [("co2_fee", "consumer", "co2_authority", 6, serial, "paid")]
+    assert chain.balance("co2_authority") == 6

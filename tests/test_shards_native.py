@@ -338,11 +338,13 @@ def test_consumer_in_oerlikon_buys_a_breitenrain_offer_through_five_shards(net):
     assert phases(net, flow_id) == [COMMITTED] * 5
     # the consumer paid exactly the price and the fees; the unused budget is back
     assert net[OERLIKON].balance(consumer) == DEPOSIT - PRICE - quote.total_fee
-    # one token per shard: hop tokens with bridge sides, and the sold side at the destination
+    # one token per shard: hop tokens with bridge sides, and the sold side at the destination;
+    # each carries the sold token's category and CO2, so the consumer's shard charges its CO2 fee
     for index, shard in enumerate(PATH):
         record = net[shard].record(flow_id)
         token = net[shard].view("energy_tokens", "token", record.token_ref)
         assert token["status"] == "open" and token["energy_wh"] == ENERGY
+        assert (token["category"], token["co2_mg"]) == ("solar", ENERGY * 40)
         if index < 4:
             assert token["purpose"] == "bridge"
             assert token["producer"]["owner"] == bridge_address(shard, PATH[index + 1])

@@ -23,6 +23,9 @@ from shards.packets import (
     verify_packet,
     verify_packet_proof,
 )
+from shards.packets import (
+    PACKET_VERSION as V,
+)
 from shards.records import FlowSpec
 from shards.sim.state import SimStorage
 from shards.sim.world import validator_keys
@@ -55,7 +58,10 @@ def packets(draw) -> Packet:
     elif kind == "result":
         outcome = draw(st.sampled_from(["committed", "aborted"]))
         reason = "" if outcome == "committed" else draw(st.text(min_size=1, max_size=50))
-        body = [outcome, reason, draw(amounts), draw(amounts)]
+        energy = None
+        if outcome == "committed":
+            energy = [draw(st.text(min_size=1, max_size=16)), draw(amounts)]
+        body = [outcome, reason, energy, draw(amounts), draw(amounts)]
     elif kind == "cancel_request":
         body = [draw(st.sampled_from(PATH))]
     elif kind == "cancel_done":
@@ -125,20 +131,37 @@ def test_non_canonical_and_oversized_packets_are_refused():
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ([1, SRC, SRC, 0, 0, "settle", bytes(32), []], "another shard"),
-        ([1, SRC, DST, 0, 0, "teleport", bytes(32), []], "unknown packet kind"),
-        ([1, SRC, DST, -1, 0, "settle", bytes(32), []], "sequence"),
-        ([1, SRC, DST, 0, 0, "settle", bytes(31), []], "32 bytes"),
-        ([1, SRC, DST, 0, 0, "result", bytes(32), ["aborted", "", 0, 0]], "reason"),
-        ([1, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", 0]], "fields"),
-        ([2, SRC, DST, 0, 0, "settle", bytes(32), []], "version"),
-        ([1, "Ch/Zurich", DST, 0, 0, "settle", bytes(32), []], "segment"),
+        ([V, SRC, SRC, 0, 0, "settle", bytes(32), []], "another shard"),
+        ([V, SRC, DST, 0, 0, "teleport", bytes(32), []], "unknown packet kind"),
+        ([V, SRC, DST, -1, 0, "settle", bytes(32), []], "sequence"),
+        ([V, SRC, DST, 0, 0, "settle", bytes(31), []], "32 bytes"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["aborted", "", None, 0, 0]], "reason"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["solar", 0], 0]], "fields"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", None, 0, 0]], "[category, co2_mg]"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["solar"], 0, 0]], "[category, co2_mg]"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["", 5], 0, 0]], "category"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["s" * 17, 5], 0, 0]], "category"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["solar", -1], 0, 0]], "CO2"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["solar", 1 << 62], 0, 0]], "CO2"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["aborted", "refused", ["solar", 5], 0, 0]], "no energy"),
+        ([1, SRC, DST, 0, 0, "settle", bytes(32), []], "version"),
+        ([V + 1, SRC, DST, 0, 0, "settle", bytes(32), []], "version"),
+        ([V, "Ch/Zurich", DST, 0, 0, "settle", bytes(32), []], "segment"),
     ],
 )
 def test_malformed_packets_are_refused_with_a_reason(fields, reason):
     with pytest.raises(PacketError) as refused:
         Packet.from_fields(fields)
     assert reason in refused.value.message
+
+
+def test_a_committed_result_carries_the_energy_of_the_token_bought_through_encoding():
+    packet = Packet.make(SRC, DST, 3, 1, "result", bytes(32), ["committed", "", ["wind", 1_200_000], 7, 5])
+    again = Packet.decode(packet.encode())
+    assert again == packet
+    assert again.body == ("committed", "", ("wind", 1_200_000), 7, 5)
+    aborted = Packet.make(SRC, DST, 4, 1, "result", bytes(32), ["aborted", "timeout at x", None, 7, 0])
+    assert Packet.decode(aborted.encode()).body[2] is None
 
 
 def test_reserve_whose_flow_id_is_not_its_specs_hash_is_refused():

@@ -192,6 +192,9 @@ def check_final(world) -> list[str]:
                     problems.append(f"flow {name}: grid operator of {hop} got {got}, its fee is {record[R_FEE]}")
             if len(tokens_open) != len(spec.path):
                 problems.append(f"flow {name}: {len(tokens_open)} open tokens on a settled path of {len(spec.path)}")
+            energies = {(t.category, t.co2_mg) for t in tokens_open}
+            if len(energies) > 1:
+                problems.append(f"flow {name}: its tokens carry different categories or CO2: {sorted(energies)}")
         elif kinds in ({CANCELLED}, {REFUNDED}):
             if kinds == {CANCELLED} and len(reached) != len(spec.path):
                 problems.append(f"flow {name} cancelled on {len(reached)} of {len(spec.path)} hops")

@@ -25,6 +25,8 @@ from shards.topology import Topology, bridge_address
 
 __all__ = ["SimLedger", "Token"]
 
+_CATEGORIES = ("solar", "wind", "hydro", "biomass", "other")
+
 
 @dataclass(frozen=True, slots=True)
 class Token:
@@ -37,6 +39,8 @@ class Token:
     last_period: int
     currency: str
     price: int | None = None  # consumer side offered at this price (None: not for sale)
+    category: str = "other"
+    co2_mg: int = 0  # per period, as the market's tokens store it
     status: str = "open"  # open | cancelled
     flow_id: bytes | None = None  # a hop token of this flow (or sold to a bridge for it)
 
@@ -207,24 +211,29 @@ class SimLedger:
             return "token_changed"
         return None
 
-    def buy_offer(self, flow_id: bytes, spec: FlowSpec, buyer: bytes) -> tuple[int, bytes]:
+    def buy_offer(self, flow_id: bytes, spec: FlowSpec, buyer: bytes) -> tuple[int, bytes, tuple[str, int]]:
         if self.now >= spec.deadline:
             self.problems.append(f"{self.shard}: committed flow {flow_id.hex()[:8]} at {self.now}, deadline {spec.deadline}")
         token = self.tokens[spec.token]
         seller = token.consumer
         self._set("tokens", token.serial, replace(token, consumer=buyer, point=buyer, price=None, flow_id=flow_id))
         self._index("out_flows", self.bridges[buyer], flow_id, +1)
-        return token.serial, seller
+        return token.serial, seller, (token.category, token.co2_mg)
 
     def revert_offer(self, flow_id: bytes, spec: FlowSpec, token: int, seller: bytes) -> None:
         current = self.tokens[token]
         self._set("tokens", token, replace(current, consumer=seller, point=seller, price=None, flow_id=None))
         self._index("out_flows", self.bridges[current.consumer], flow_id, -1)
 
-    def create_hop_token(self, flow_id: bytes, spec: FlowSpec, producer: bytes, consumer: bytes, point: bytes) -> int:
+    def create_hop_token(
+        self, flow_id: bytes, spec: FlowSpec, producer: bytes, consumer: bytes, point: bytes, energy: tuple[str, int]
+    ) -> int:
         serial = self.next_serial
         self._scalar("next_serial", serial + 1)
-        token = Token(serial, producer, consumer, point, spec.energy_wh, spec.first_period, spec.last_period, spec.currency, flow_id=flow_id)
+        token = Token(
+            serial, producer, consumer, point, spec.energy_wh, spec.first_period, spec.last_period, spec.currency,
+            category=energy[0], co2_mg=energy[1], flow_id=flow_id,
+        )
         self._set("tokens", serial, token)
         self._index("in_flows", self.bridges[producer], flow_id, +1)
         if consumer in self.bridges:
@@ -251,7 +260,13 @@ class SimLedger:
     def emit_offer(self, producer: bytes, energy_wh: int, first: int, last: int, price: int) -> int:
         serial = self.next_serial
         self._scalar("next_serial", serial + 1)
-        self._set("tokens", serial, Token(serial, producer, producer, producer, energy_wh, first, last, self.currency, price=price))
+        # Categories and CO2 vary by serial (no draw from the run's random stream).
+        category = _CATEGORIES[serial % len(_CATEGORIES)]
+        co2_mg = energy_wh * (serial * 37 % 500)  # 0..499 g/kWh
+        self._set("tokens", serial, Token(
+            serial, producer, producer, producer, energy_wh, first, last, self.currency, price=price,
+            category=category, co2_mg=co2_mg,
+        ))
         return serial
 
     def local_buy(self, serial: int, buyer: bytes) -> None:
