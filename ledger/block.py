@@ -42,7 +42,8 @@ MAX_BLOCK_TXS = 20_000
 # A BFT view change may fill a sequence gap with the null batch (no block was proposed
 # for it). Its commit certificate signs this constant, which no block hash can equal
 # (block hashes are tagged "gridledger/header"), and its block is derived from the
-# parent by :func:`null_block`, so every replica and every client derives the same one.
+# parent and the validator set in force at its height by :func:`null_block`, so every
+# replica and every client derives the same one.
 NULL_DIGEST = tagged_hash(b"gridledger/null-batch", b"")
 
 
@@ -195,10 +196,15 @@ def receipts_root(encoded_receipts: list[bytes]) -> bytes:
     return merkle_root(encoded_receipts)
 
 
-def null_block(parent: BlockHeader, height: int) -> Block:
-    """The block of a null batch at ``height``: the parent's state and time, no transactions."""
+def null_block(parent: BlockHeader, height: int, validator_set_hash: bytes) -> Block:
+    """The block of a null batch at ``height``: the parent's state and time, no transactions.
+
+    It names ``validator_set_hash``, the set in force at ``height`` (the one whose quorum
+    certified the null batch), as every block does; at the first height of a new set that
+    is not the parent's.
+    """
     header = BlockHeader(
         parent.chain_id, height, parent.hash, merkle_root([]), parent.state_root, merkle_root([]),
-        parent.time, b"", parent.validator_set_hash,
+        parent.time, b"", validator_set_hash,
     )
     return Block(header, ())

@@ -91,7 +91,7 @@ class BlockSource:
             if block is None or cert is None:
                 raise CertificateError("the node served no certificate")
             if cert.digest == NULL_DIGEST:
-                if block != null_block(self.chain.head_header(), height):
+                if block != null_block(self.chain.head_header(), height, self.chain.validators_at(height).hash):
                     raise CertificateError("a null certificate for a block that is not the null block")
                 cert.verify(self.chain.chain_id, self.chain.validators_at(height), height=height)
                 batch = b""

@@ -414,7 +414,7 @@ class Chain:
         if height != self.height + 1:
             raise ChainError(f"consensus committed height {height} but the store is at {self.height}")
         if not batch:
-            block = null_block(self.head_header(), height)
+            block = null_block(self.head_header(), height, self.validators_at(height).hash)
             prepared = self.store.prepare_state({})
             executed = Executed(block, block.encode(), prepared, [], [])
         else:

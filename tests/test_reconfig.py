@@ -7,7 +7,7 @@ from consensus.bft.schedule import effective_after
 from contracts import reconfig
 from contracts.executor import Executor
 from ledger import bls, codec
-from ledger.block import Block, BlockError
+from ledger.block import NULL_DIGEST, Block, BlockError, null_block
 from ledger.certificate import CommitCertificate
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
@@ -154,6 +154,20 @@ def test_blocks_name_and_are_proposed_by_the_set_in_force_at_their_height(bft):
     block, _ = _commit_next(bft, [])
     assert block.header.validator_set_hash == _set([1, 2, 3, 4]).hash
     assert bft.scheduled() == []
+
+
+def test_a_null_batch_at_the_first_height_of_a_new_set_names_the_new_set(bft):
+    _commit_next(bft, [reconfigure_tx(_proposal(bft, _set([1, 2, 3, 4]), [0, 1, 2]), ALICE, 0)])
+    after = effective_after(1, K)
+    while bft.height < after:
+        _commit_next(bft, [])
+    assert bft.head_header().validator_set_hash == _set([0, 1, 2, 3]).hash
+    bft.commit(after + 1, b"", CommitCertificate("bft", after + 1, 1, NULL_DIGEST, ()))
+    null = bft.head_header()
+    assert null.proposer == b"" and null.validator_set_hash == _set([1, 2, 3, 4]).hash
+    assert null == null_block(bft.header(after), after + 1, _set([1, 2, 3, 4]).hash).header
+    block, _ = _commit_next(bft, [])  # and the chain goes on from it
+    assert block.header.prev_hash == null.hash
 
 
 def test_the_schedule_is_reloaded_from_state_after_a_restart(tmp_path):

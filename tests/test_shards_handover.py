@@ -316,7 +316,7 @@ def test_at_a_null_batch_head_the_bundle_is_certified_by_the_block_below(pair):
     _, after = zurich.reconfigure()
     zurich.empty_blocks_until(after - 1)
     below = zurich.chain.head_header()
-    null = null_block(below, after)
+    null = null_block(below, after, zurich.chain.validators_at(after).hash)
     validators = zurich.chain.validators_at(after)
     payload = commit_vote_payload(after, 0, NULL_DIGEST)
     sigs = tuple((i, KEYS[validators.validators[i].node_key].sign(ZURICH, Kind.COMMIT, payload))
