@@ -32,6 +32,7 @@ so the same image runs on a laptop devnet and in a container.
     [mempool]
     max_txs = 100000
     max_backlog = 20000                # clients are told "busy" while this many wait (relays still fill max_txs)
+    max_bytes = 268435456              # and at most this many bytes of transactions (busy above max_backlog/max_txs of it)
     max_per_sender = 1000
 
     [log]
@@ -58,6 +59,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from ledger.tx import MAX_TX_SIZE
 
 __all__ = ["ApiConfig", "ConfigError", "load_many", "FollowConfig", "LogConfig", "MempoolConfig", "NodeConfig", "PeerConfig", "StoreConfig"]
 
@@ -107,6 +110,7 @@ class StoreConfig:
 class MempoolConfig:
     max_txs: int = 100_000
     max_backlog: int = 20_000
+    max_bytes: int = 256 << 20
     max_per_sender: int = 1000
     nonce_window: int = 1000
 
@@ -202,6 +206,8 @@ class NodeConfig:
         for name in ("max_txs", "max_backlog", "max_per_sender", "nonce_window"):
             if getattr(self.mempool, name) < 1:
                 raise ConfigError(f"mempool.{name} must be at least 1")
+        if self.mempool.max_bytes < MAX_TX_SIZE:
+            raise ConfigError(f"mempool.max_bytes must be at least {MAX_TX_SIZE} (one transaction of the largest size)")
         if self.mempool.max_backlog > self.mempool.max_txs:
             raise ConfigError(f"mempool.max_backlog ({self.mempool.max_backlog}) cannot exceed mempool.max_txs "
                               f"({self.mempool.max_txs})")

@@ -15,14 +15,20 @@ of their cost, and refuses with a stable reason code (the HTTP API returns it):
     not_allowed   the sender's roles may not call that function
     not_active    the sender is suspended or banned (it may still redeem fiat)
     sender_limit  the sender already has the maximum number of waiting transactions
-    mempool_full  the mempool is full of transactions that are not older than this one
+    mempool_full  the mempool is full (``max_txs`` transactions or ``max_bytes`` bytes) of
+                  transactions that are not older than this one
     busy          a client's submission while the node already has a backlog of
-                  ``max_backlog`` waiting transactions (several blocks' worth): refused
+                  ``max_backlog`` waiting transactions (several blocks' worth), or of
+                  their share of ``max_bytes`` (``max_bytes * max_backlog / max_txs``): refused
                   before its signature is checked, so an overload costs the node little
                   and its blocks keep committing; retry shortly. Transactions relayed by
                   other validators are still admitted up to ``max_txs``, and so is one
                   that fills a gap in its sender's waiting nonces (refusing it would
                   keep the later ones, part of the backlog, waiting for ever).
+
+The pool is bounded in bytes as well as in transactions: a transaction may be up to
+128 KiB, so 100,000 of them could take 12.8 GB where typical ones (~200 bytes) take
+20 MB. ``max_bytes`` (default 256 MiB) holds the memory whatever their size.
 
 Nonces are sequential per sender: a transaction waits until every lower nonce of its
 sender is in a block. The window bounds how far ahead a sender may queue, so one
@@ -82,6 +88,7 @@ class Mempool:
         *,
         max_txs: int = 100_000,
         max_backlog: int | None = None,
+        max_bytes: int = 256 << 20,
         max_per_sender: int = 1000,
         nonce_window: int = 1000,
         max_gas: int = 1 << 34,
@@ -91,6 +98,10 @@ class Mempool:
         self.chain_id = chain_id
         self.max_txs = max_txs
         self.max_backlog = max_txs if max_backlog is None else min(max_backlog, max_txs)
+        self.max_bytes = max_bytes
+        # The backlog's share of the bytes, in the proportion of its share of the count.
+        self.max_backlog_bytes = max_bytes * self.max_backlog // max_txs
+        self.bytes = 0  # sum of the raw sizes of the waiting transactions
         self.max_per_sender = max_per_sender
         self.nonce_window = nonce_window
         self.max_gas = max_gas
@@ -117,13 +128,14 @@ class Mempool:
     def refuse_if_busy(self, tx: Transaction | None = None) -> None:
         """Refuse a client's submission while ``max_backlog`` transactions wait (code ``busy``),
         unless ``tx`` fills a gap below transactions of its sender that wait."""
-        if len(self._by_id) >= self.max_backlog:
+        if len(self._by_id) >= self.max_backlog or self.bytes >= self.max_backlog_bytes:
             pending = None if tx is None else self._by_sender.get(tx.sender)
             if pending and tx.nonce < max(pending):
                 return
             raise self._reject(
-                "busy", f"the node has {len(self._by_id)} transactions waiting for blocks (it takes new "
-                f"submissions below {self.max_backlog}); retry shortly"
+                "busy", f"the node has {len(self._by_id)} transactions waiting for blocks ({self.bytes} bytes; "
+                f"it takes new submissions below {self.max_backlog} and {self.max_backlog_bytes} bytes); "
+                "retry shortly"
             )
 
     def check(self, raw: bytes, height: int, *, verify_signature: bool = True, client: bool = False) -> Transaction:
@@ -176,19 +188,24 @@ class Mempool:
         tx = verified if verified is not None else self.check(raw, height)
         if verified is not None and (tx.tx_id in self._by_id or tx.nonce in self._by_sender.get(tx.sender, {})):
             raise self._reject("duplicate", "this transaction is already waiting")
-        pending = self._by_sender.setdefault(tx.sender, {})
-        if len(pending) >= self.max_per_sender:
-            if not pending:
-                del self._by_sender[tx.sender]
+        if len(self._by_sender.get(tx.sender, ())) >= self.max_per_sender:
             raise self._reject("sender_limit", f"the sender already has {self.max_per_sender} transactions waiting")
-        if len(self._by_id) >= self.max_txs and not self._evict_one(height):
-            if not pending:
-                del self._by_sender[tx.sender]
+        # Room first: an eviction may take this sender's last waiting transaction, and
+        # with it the sender's entry, which is therefore looked up only afterwards.
+        if len(self._by_id) >= self.max_txs and not self._evict_one(height, tx):
             raise self._reject("mempool_full", f"the mempool holds {self.max_txs} transactions")
+        while self.bytes + len(raw) > self.max_bytes:
+            if not self._evict_one(height, tx):
+                raise self._reject(
+                    "mempool_full", f"the mempool holds {self.bytes} bytes; this transaction's {len(raw)} "
+                    f"would pass its {self.max_bytes}"
+                )
+        pending = self._by_sender.setdefault(tx.sender, {})
         self._counter += 1
         if not pending:
             self._sender_of_address[tx.sender_address.raw] = tx.sender
         self._by_id[tx.tx_id] = MempoolEntry(tx, raw, tx.sender, self._counter)
+        self.bytes += len(raw)
         pending[tx.nonce] = tx.tx_id
         self._arrivals[tx.tx_id] = None
         return tx
@@ -197,8 +214,10 @@ class Mempool:
         self.rejected[code] = self.rejected.get(code, 0) + 1
         return TxRejected(code, message)
 
-    def _evict_one(self, height: int) -> bool:
-        """Make room: drop an expired transaction, else the oldest one that is not next in line."""
+    def _evict_one(self, height: int, incoming: Transaction) -> bool:
+        """Make room for ``incoming``: drop an expired transaction, else the oldest one that is
+        not next in line, but none of the incoming sender's below its nonce (it would wait
+        for that one)."""
         for tx_id in self._arrivals:
             entry = self._by_id[tx_id]
             if entry.tx.expiry <= height:
@@ -206,6 +225,8 @@ class Mempool:
                 return True
         for tx_id in self._arrivals:
             entry = self._by_id[tx_id]
+            if entry.sender == incoming.sender and entry.tx.nonce < incoming.nonce:
+                continue
             if entry.tx.nonce != self._next_nonce(entry.sender):
                 self._remove(tx_id)
                 return True
@@ -220,6 +241,7 @@ class Mempool:
         entry = self._by_id.pop(tx_id, None)
         if entry is None:
             return None
+        self.bytes -= len(entry.raw)
         self._arrivals.pop(tx_id, None)
         pending = self._by_sender.get(entry.sender)
         if pending is not None:

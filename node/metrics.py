@@ -368,6 +368,7 @@ class NodeMetrics:
     committed_txs: Counter
     committed_tps: Rate
     mempool_size: Gauge
+    mempool_bytes: Gauge
     rejected_txs: Counter
     view_changes: Counter
     peers: Gauge
@@ -381,6 +382,7 @@ class NodeMetrics:
             committed_txs=registry.counter("gridledger_committed_txs_total", "Transactions committed since the node started."),
             committed_tps=registry.rate("gridledger_committed_tps", "Transactions committed per second over the last 10 s."),
             mempool_size=registry.gauge("gridledger_mempool_size", "Transactions waiting in the mempool."),
+            mempool_bytes=registry.gauge("gridledger_mempool_bytes", "Bytes of the transactions waiting in the mempool."),
             rejected_txs=registry.counter("gridledger_rejected_txs_total", "Transactions refused, by reason code.", ("code",)),
             view_changes=registry.counter("gridledger_view_changes_total", "BFT view changes (Raft: new terms) seen."),
             peers=registry.gauge("gridledger_peers", "Validators this node is connected to."),

@@ -107,6 +107,7 @@ class Node:
         self._nonce_keys: dict[bytes, bytes] = {}  # sender public key -> its nonce's state key
         self.mempool = Mempool(
             self.chain_id, max_txs=config.mempool.max_txs, max_backlog=config.mempool.max_backlog,
+            max_bytes=config.mempool.max_bytes,
             max_per_sender=config.mempool.max_per_sender,
             nonce_window=config.mempool.nonce_window, max_gas=self.genesis.param("block_gas_limit"),
             next_nonce=self.committed_nonce, policy=self._admission,
@@ -139,6 +140,7 @@ class Node:
         self.last_sync = None  # node.sync.SyncResult of the last snapshot installed
         self.node_metrics.height.set(self.chain.height)
         self.node_metrics.mempool_size.set_function(lambda: len(self.mempool))
+        self.node_metrics.mempool_bytes.set_function(lambda: self.mempool.bytes)
         if self.role == "validator":
             self._setup_validator()
 

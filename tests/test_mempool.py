@@ -162,3 +162,52 @@ def _check_code(pool, raw):
     with pytest.raises(TxRejected) as err:
         pool.check(raw, 0, client=True)
     return err.value.code
+
+
+def test_a_transaction_admitted_by_evicting_its_senders_last_waiting_one_is_still_selected():
+    pool = _pool(max_txs=2)
+    pool.add(_tx(nonce=5).encode(), 0)  # Alice's only waiting transaction, behind a gap
+    pool.add(_tx(key=BOB, nonce=0).encode(), 0)
+    zero = _tx(nonce=0)
+    pool.add(zero.encode(), 0)  # evicts Alice's nonce 5, her last waiting one
+    chosen = [e.tx.tx_id for e in pool.select(max_txs=10, max_bytes=1 << 20, height=1)]
+    assert zero.tx_id in chosen and len(chosen) == 2
+
+
+def test_the_pool_is_bounded_in_bytes_and_evicts_what_cannot_run_next():
+    big = [b"x" * 20, b"y" * 3000]
+    gapped = _tx(nonce=7, args=big).encode()
+    first = _tx(key=BOB, nonce=0, args=big).encode()
+    pool = _pool(max_bytes=len(gapped) + len(first) + 100)
+    pool.add(gapped, 0)
+    pool.add(first, 0)
+    assert pool.bytes == len(gapped) + len(first)
+    second = _tx(key=BOB, nonce=1, args=big).encode()
+    pool.add(second, 0)  # room made by evicting the gapped one
+    assert len(pool) == 2 and pool.bytes == len(first) + len(second)
+    # Bob's nonce 1 waits for nonce 0 but is not evicted for his nonce 2, which needs it
+    code = _code(pool, _tx(key=BOB, nonce=2, args=big).encode())
+    assert code == "mempool_full" and len(pool) == 2
+    pool.remove_committed([_tx(key=BOB, nonce=0, args=big).tx_id], 1)
+    assert pool.bytes == len(second)
+    pool.drop(_tx(key=BOB, nonce=1, args=big).tx_id)
+    assert pool.bytes == 0 and len(pool) == 0
+
+
+def test_a_backlog_of_bytes_makes_client_submissions_busy():
+    big = [b"x" * 20, b"y" * 3000]
+    raw = _tx(nonce=0, args=big).encode()
+    pool = _pool(max_txs=10, max_backlog=5, max_bytes=4 * len(raw))  # backlog: half the bytes
+    assert pool.max_backlog_bytes == 2 * len(raw)
+    pool.add(raw, 0)
+    pool.refuse_if_busy()
+    pool.add(_tx(nonce=1, args=big).encode(), 0)
+    assert _check_code(pool, _tx(key=BOB, nonce=0).encode()) == "busy"  # 2 of 5 transactions, but the bytes
+    pool.add(_tx(nonce=2, args=big).encode(), 0)  # relays still fill max_bytes
+
+
+def test_config_refuses_a_byte_bound_below_one_transaction():
+    from node.config import ConfigError, NodeConfig
+
+    with pytest.raises(ConfigError, match="mempool.max_bytes must be at least"):
+        NodeConfig.from_dict({"key_file": "k.json", "mempool": {"max_bytes": 1000}}).check()
