@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml setup.py ledger/_state_native.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gridledger needs Python 3.11 or newer; set PYTHON=python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@rm -f ledger/_state_native*.so  # a failed rebuild must not leave the old one in use
 	@PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,fast]'
-	@$(PY) -c 'from ledger.state_native import BACKEND as b; b == "compiled" or print("gridledger: no C compiler or OpenSSL headers here: the state tree runs in pure Python (same results, slower)")'
+	@GRIDLEDGER_PURE_TREE= $(PY) -c 'from ledger.state_native import BACKEND as b; b == "compiled" or print("gridledger: the state tree'"'"'s compiled part did not build (no C compiler or OpenSSL headers?): it runs in pure Python (same results, slower)")'
 	@touch $(STAMP)
 
 demo: $(STAMP)

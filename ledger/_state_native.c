@@ -5,9 +5,9 @@
  * (tests/test_state_native.py compares them on random chunks), without the interpreter's
  * cost per hash and per edit. Arguments a caller could get wrong (positions, lengths,
  * counts that disagree with the bitmaps) are checked before any offset is used and
- * refused with ValueError or TypeError. The
- * hash is SHA-256 from the OpenSSL library Python's hashlib already uses, through one
- * EVP context fetched once and reused (every call holds the GIL, so it is never shared):
+ * refused with ValueError or TypeError. The hash is SHA-256 from the system's OpenSSL
+ * library (libcrypto, linked at build time), through one EVP context fetched once and
+ * reused (every call holds the GIL, so it is never shared):
  * ~117 ns for a node against ~290 ns for the one-shot SHA256(), which fetches the
  * algorithm on every call in OpenSSL 3.
  *

@@ -14,12 +14,12 @@ of those hashes live here:
 ``ledger/_state_native.c`` computes the same bytes in C, and also holds twins of the
 chunk edits ``set_hash`` and ``set_leaf`` and of ``decode_chunk``, which
 :mod:`ledger.state_chunk` binds in place of its own (kept there as ``py_*``). SHA-256
-comes from the OpenSSL library Python's own ``hashlib`` uses. The extension is built by
-``make`` (``setup.py``) where a C compiler and OpenSSL's headers are present and skipped
-otherwise: then the Python definitions run and nothing changes but the speed (~43,000
-against ~60,000 updates/s in ``bench.state`` at 10^6 keys). ``tests/test_state_native.py``
-holds each twin to its reference on random chunks and runs the tree's tests on the pure
-path as well. ``GRIDLEDGER_PURE_TREE=1`` forces the Python definitions; :data:`BACKEND`
+comes from the system's OpenSSL library (``libcrypto``, linked when the extension is
+built). The extension is built by ``make`` (``setup.py``) where a C compiler and
+OpenSSL's headers are present and skipped otherwise: then the Python definitions run
+and nothing changes but the speed (~43,000 against ~60,000 updates/s in ``bench.state``
+at 10^6 keys). ``tests/test_state_native.py`` holds each twin to its reference on random
+chunks and runs the tree's tests on the pure path as well. ``GRIDLEDGER_PURE_TREE=1`` forces the Python definitions; :data:`BACKEND`
 names the one in use, and :data:`native` is the compiled module or None.
 """
 

@@ -7,7 +7,7 @@ canonical block and its commit certificate from one of the validators' public AP
 1. the certificate is valid for that height and block hash under the shard's
    validator set (2f + 1 distinct Ed25519 votes for BFT; the leader's signature for
    Raft), or, for a BFT null batch, certifies the null digest and the block is the
-   null block derived from its parent, and
+   null block derived from its parent and the validator set in force at its height, and
 2. re-executing the block here gives exactly the state root and receipts root of its
    header (the block pipeline checks this and stops the node on a mismatch).
 

@@ -99,8 +99,9 @@ class Mempool:
         self.max_txs = max_txs
         self.max_backlog = max_txs if max_backlog is None else min(max_backlog, max_txs)
         self.max_bytes = max_bytes
-        # The backlog's share of the bytes, in the proportion of its share of the count.
-        self.max_backlog_bytes = max_bytes * self.max_backlog // max_txs
+        # The backlog's share of the bytes, in the proportion of its share of the count
+        # (at least 1: an empty pool never answers busy).
+        self.max_backlog_bytes = max(max_bytes * self.max_backlog // max_txs, 1)
         self.bytes = 0  # sum of the raw sizes of the waiting transactions
         self.max_per_sender = max_per_sender
         self.nonce_window = nonce_window
@@ -192,14 +193,13 @@ class Mempool:
             raise self._reject("sender_limit", f"the sender already has {self.max_per_sender} transactions waiting")
         # Room first: an eviction may take this sender's last waiting transaction, and
         # with it the sender's entry, which is therefore looked up only afterwards.
-        if len(self._by_id) >= self.max_txs and not self._evict_one(height, tx):
-            raise self._reject("mempool_full", f"the mempool holds {self.max_txs} transactions")
-        while self.bytes + len(raw) > self.max_bytes:
-            if not self._evict_one(height, tx):
-                raise self._reject(
-                    "mempool_full", f"the mempool holds {self.bytes} bytes; this transaction's {len(raw)} "
-                    f"would pass its {self.max_bytes}"
-                )
+        if not self._make_room(height, tx, len(raw)):
+            if len(self._by_id) >= self.max_txs:
+                raise self._reject("mempool_full", f"the mempool holds {self.max_txs} transactions")
+            raise self._reject(
+                "mempool_full", f"the mempool holds {self.bytes} bytes; this transaction's {len(raw)} "
+                f"would pass its {self.max_bytes}"
+            )
         pending = self._by_sender.setdefault(tx.sender, {})
         self._counter += 1
         if not pending:
@@ -214,22 +214,39 @@ class Mempool:
         self.rejected[code] = self.rejected.get(code, 0) + 1
         return TxRejected(code, message)
 
-    def _evict_one(self, height: int, incoming: Transaction) -> bool:
-        """Make room for ``incoming``: drop an expired transaction, else the oldest one that is
-        not next in line, but none of the incoming sender's below its nonce (it would wait
-        for that one)."""
-        for tx_id in self._arrivals:
-            entry = self._by_id[tx_id]
-            if entry.tx.expiry <= height:
-                self._remove(tx_id)
-                return True
-        for tx_id in self._arrivals:
-            entry = self._by_id[tx_id]
-            if entry.sender == incoming.sender and entry.tx.nonce < incoming.nonce:
-                continue
-            if entry.tx.nonce != self._next_nonce(entry.sender):
-                self._remove(tx_id)
-                return True
+    def _make_room(self, height: int, incoming: Transaction, size: int) -> bool:
+        """Make room for ``incoming`` (``size`` bytes) under both bounds; False, with nothing
+        evicted, when not enough can be freed.
+
+        Evicted, oldest first: expired transactions, then ones that are not next in line,
+        but none of the incoming sender's below its nonce (it would wait for that one).
+        The evictions are planned in one pass and made only if they free enough: a
+        refused transaction costs no other one its place.
+        """
+        need_count = len(self._by_id) + 1 - self.max_txs
+        need_bytes = self.bytes + size - self.max_bytes
+        if need_count <= 0 and need_bytes <= 0:
+            return True
+        chosen: list[bytes] = []
+        freed_count = freed_bytes = 0
+        for expired_pass in (True, False):
+            for tx_id in self._arrivals:
+                entry = self._by_id[tx_id]
+                expired = entry.tx.expiry <= height
+                if expired != expired_pass:
+                    continue
+                if not expired and (
+                    (entry.sender == incoming.sender and entry.tx.nonce < incoming.nonce)
+                    or entry.tx.nonce == self._next_nonce(entry.sender)
+                ):
+                    continue
+                chosen.append(tx_id)
+                freed_count += 1
+                freed_bytes += len(entry.raw)
+                if freed_count >= need_count and freed_bytes >= need_bytes:
+                    for victim in chosen:
+                        self._remove(victim)
+                    return True
         return False
 
     def drop(self, tx_id: bytes) -> bool:

@@ -51,7 +51,15 @@ from shards.records import (
 )
 from shards.topology import MAX_CAPACITY_WH, MAX_FEE_PER_KWH, Topology, bridge_address
 
-__all__ = ["FlowModule", "MAX_FLOW_PERIODS", "MAX_FLOW_TIMEOUT_S", "edge_fee", "install_genesis", "split_transfer"]
+__all__ = [
+    "FlowModule",
+    "MAX_FLOW_PERIODS",
+    "MAX_FLOW_TIMEOUT_S",
+    "carried_energy",
+    "edge_fee",
+    "install_genesis",
+    "split_transfer",
+]
 
 # A consumer's money is locked at most this long waiting for the destination's verdict
 # (the deadline is at most this far after the purchase): one hour covers relaying across
@@ -81,6 +89,20 @@ def split_transfer(minted_from_neighbour: int, amount: int) -> tuple[int, int]:
     """
     release = min(amount, minted_from_neighbour)
     return release, amount - release
+
+
+def carried_energy(energy: tuple[str, int]) -> tuple[str, int]:
+    """The destination token's (category, CO2 in mg per period) as a result can carry it.
+
+    The packet layer bounds both: a category name of 1..16 characters (one outside that
+    is carried as ``other``) and CO2 within the codec's range, which every stored token's
+    is. So the committing result can always be sent: the commit is done by then, and a
+    packet that failed to build would stall the whole channel.
+    """
+    category, co2_mg = energy
+    if type(category) is not str or not 0 < len(category) <= P.MAX_CATEGORY_LEN:
+        category = "other"
+    return category, co2_mg
 
 
 def install_genesis(storage: Storage, topology: Topology, shard: str, neighbour_sets: dict[str, ValidatorSet]) -> None:
@@ -340,6 +362,7 @@ class FlowModule(DeliveryIntake):
             # level's fee stay in escrow until delivery begins (SETTLE) or a redispatch.
             # The result names the token's category and CO2: every hop token carries them.
             token, seller, energy = self.effects.buy_offer(flow_id, spec, bridge_address(self.shard, packet.src))
+            energy = carried_energy(energy)
             held = fee + spec.price
             self._put(HopRecord(spec, index, COMMITTED, held=held, fee=fee, reserved=True, token_ref=token, seller=seller))
             self._send_with_money(

@@ -100,6 +100,8 @@ MAX_PACKET_SIZE = 4096
 MAX_REASON_LEN = 200
 # An energy category is a short name ("solar", "wind", ...: the market's categories).
 MAX_CATEGORY_LEN = 16
+# CO2 is not money: a token stores any amount the codec encodes (2**64 - 1 at most).
+MAX_CO2_MG = (1 << 64) - 1
 # Packets per delivery: a relayer catches up on a backlog in batches of this many,
 # each packet with its own ~0.7 KB proof.
 MAX_DELIVERY_ITEMS = 64
@@ -133,7 +135,8 @@ def _energy(outcome: str, energy: Any) -> tuple[str, int] | None:
     category, co2_mg = energy
     if type(category) is not str or not 0 < len(category) <= MAX_CATEGORY_LEN:
         raise PacketError("malformed", f"an energy category is a name of 1..{MAX_CATEGORY_LEN} characters")
-    return category, _uint(co2_mg, "CO2 (mg per period)")
+    # Any CO2 a token can store (the codec's range): a result must never be unsendable.
+    return category, _uint(co2_mg, "CO2 (mg per period)", MAX_CO2_MG + 1)
 
 
 def _check_body(kind: str, body: Any) -> tuple:

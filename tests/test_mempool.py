@@ -211,3 +211,22 @@ def test_config_refuses_a_byte_bound_below_one_transaction():
 
     with pytest.raises(ConfigError, match="mempool.max_bytes must be at least"):
         NodeConfig.from_dict({"key_file": "k.json", "mempool": {"max_bytes": 1000}}).check()
+
+
+def test_a_transaction_too_large_for_the_room_that_can_be_made_costs_no_other_its_place():
+    big = [b"x" * 20, b"y" * 3000]
+    gapped = _tx(nonce=7).encode()  # small, behind a gap: evictable
+    first = _tx(key=BOB, nonce=0, args=big).encode()  # next in line: not evictable
+    pool = _pool(max_bytes=len(gapped) + len(first) + 100)
+    pool.add(gapped, 0)
+    pool.add(first, 0)
+    carol = PrivateKey(bytes([3]) * 32)
+    # evicting the gapped one frees too little for it: refused, and both stay
+    assert _code(pool, _tx(key=carol, nonce=0, args=big).encode()) == "mempool_full"
+    assert len(pool) == 2 and pool.bytes == len(gapped) + len(first)
+
+
+def test_an_empty_pool_never_answers_busy_whatever_its_bounds():
+    pool = _pool(max_txs=200_000, max_backlog=1, max_bytes=1 << 17)  # its share of the bytes rounds to 0
+    assert pool.max_backlog_bytes == 1
+    pool.refuse_if_busy(_tx())

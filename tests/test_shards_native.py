@@ -379,6 +379,19 @@ def test_consumer_in_oerlikon_buys_a_breitenrain_offer_through_five_shards(net):
         assert reserved(net, parent, child) == [ENERGY] * 4
 
 
+def test_a_token_of_very_high_co2_crosses_like_any_other(net):
+    # CO2 is not money: a token may hold more than 2**62 mg, and its result must still travel.
+    dest = net[BREITENRAIN]
+    g_per_kwh = (1 << 62) // ENERGY + 1
+    serial = dest.ok("producer", "energy_tokens", "emit", FIRST, LAST, ENERGY, "coal", g_per_kwh, 0, "CHF")
+    dest.ok("producer", "energy_tokens", "offer_side", serial, "consumer", PRICE, "CHF")
+    flow_id = net.open_flow(serial, net.quote().total_fee).result
+    net.pump()
+    assert phases(net, flow_id) == [COMMITTED] * 5
+    token = net[OERLIKON].view("energy_tokens", "token", net[OERLIKON].record(flow_id).token_ref)
+    assert (token["category"], token["co2_mg"]) == ("coal", ENERGY * g_per_kwh) and token["co2_mg"] > 1 << 62
+
+
 def test_flows_opened_side_by_side_cannot_together_exceed_the_consumers_position_limit(net):
     origin = net[OERLIKON]
     consumer = addr(OERLIKON, "consumer")

@@ -142,7 +142,7 @@ def test_non_canonical_and_oversized_packets_are_refused():
         ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["", 5], 0, 0]], "category"),
         ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["s" * 17, 5], 0, 0]], "category"),
         ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["solar", -1], 0, 0]], "CO2"),
-        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["solar", 1 << 62], 0, 0]], "CO2"),
+        ([V, SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["solar", 1 << 64], 0, 0]], "CO2"),
         ([V, SRC, DST, 0, 0, "result", bytes(32), ["aborted", "refused", ["solar", 5], 0, 0]], "no energy"),
         ([1, SRC, DST, 0, 0, "settle", bytes(32), []], "version"),
         ([V + 1, SRC, DST, 0, 0, "settle", bytes(32), []], "version"),
@@ -237,3 +237,18 @@ def test_delivery_round_trips_and_every_changed_byte_is_refused(items, data):
         return  # a delivery to another shard is refused by that shard's channel check
     with pytest.raises(BridgeError):
         accepted(altered)
+
+
+def test_a_result_carries_any_co2_a_token_can_store():
+    most = (1 << 64) - 1  # the codec's largest integer: no stored token has more
+    packet = Packet.make(SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["coal", most], 0, 0])
+    assert Packet.decode(packet.encode()).body[2] == ("coal", most)
+    with pytest.raises(PacketError, match="CO2"):
+        Packet.make(SRC, DST, 0, 0, "result", bytes(32), ["committed", "", ["coal", most + 1], 0, 0])
+
+
+def test_the_destination_carries_an_unknown_long_category_as_other():
+    from shards.flow import carried_energy
+
+    assert carried_energy(("wind", 7)) == ("wind", 7)
+    assert carried_energy(("x" * 17, 7)) == ("other", 7)
