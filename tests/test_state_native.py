@@ -51,7 +51,8 @@ MISSING = "the compiled state tree (ledger._state_native) is not built (make, wi
 
 def toolchain_present() -> bool:
     """Whether this machine could build the compiled part: a C compiler, Python's and OpenSSL's headers."""
-    cc = shutil.which(os.environ.get("CC", "cc"))
+    # The compiler the build uses: $CC, else the one Python was built with.
+    cc = shutil.which((os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0])
     include = sysconfig.get_paths()["include"]
     if cc is None or not os.path.exists(os.path.join(include, "Python.h")):
         return False
