@@ -15,8 +15,8 @@ of their cost, and refuses with a stable reason code (the HTTP API returns it):
     not_allowed   the sender's roles may not call that function
     not_active    the sender is suspended or banned (it may still redeem fiat)
     sender_limit  the sender already has the maximum number of waiting transactions
-    mempool_full  the mempool is full (``max_txs`` transactions or ``max_bytes`` bytes) of
-                  transactions that are not older than this one
+    mempool_full  the mempool is full (``max_txs`` transactions or ``max_bytes`` bytes) and
+                  none of what it holds is expired or stuck behind a nonce gap
     busy          a client's submission while the node already has a backlog of
                   ``max_backlog`` waiting transactions (several blocks' worth), or of
                   their share of ``max_bytes`` (``max_bytes * max_backlog / max_txs``): refused
@@ -218,15 +218,30 @@ class Mempool:
         """Make room for ``incoming`` (``size`` bytes) under both bounds; False, with nothing
         evicted, when not enough can be freed.
 
-        Evicted, oldest first: expired transactions, then ones that are not next in line,
-        but none of the incoming sender's below its nonce (it would wait for that one).
-        The evictions are planned in one pass and made only if they free enough: a
-        refused transaction costs no other one its place.
+        Evicted, oldest first: expired transactions, then ones that cannot run, i.e. that
+        wait behind a nonce gap of their sender (the incoming transaction counts as
+        present: what it unblocks stays). A sender's run of consecutive nonces from its
+        next one will run, block after block, and is never evicted. The evictions are
+        planned in one pass and made only if they free enough: a refused transaction
+        costs no other one its place.
         """
         need_count = len(self._by_id) + 1 - self.max_txs
         need_bytes = self.bytes + size - self.max_bytes
         if need_count <= 0 and need_bytes <= 0:
             return True
+        runs: dict[bytes, int] = {}  # sender -> last nonce of its runnable run
+
+        def runnable(entry: MempoolEntry) -> bool:
+            last = runs.get(entry.sender)
+            if last is None:
+                pending = self._by_sender.get(entry.sender, {})
+                extra = incoming.nonce if entry.sender == incoming.sender else None
+                last = self._next_nonce(entry.sender) - 1
+                while last + 1 in pending or last + 1 == extra:
+                    last += 1
+                runs[entry.sender] = last
+            return entry.tx.nonce <= last
+
         chosen: list[bytes] = []
         freed_count = freed_bytes = 0
         for expired_pass in (True, False):
@@ -235,10 +250,7 @@ class Mempool:
                 expired = entry.tx.expiry <= height
                 if expired != expired_pass:
                     continue
-                if not expired and (
-                    (entry.sender == incoming.sender and entry.tx.nonce < incoming.nonce)
-                    or entry.tx.nonce == self._next_nonce(entry.sender)
-                ):
+                if not expired and runnable(entry):
                     continue
                 chosen.append(tx_id)
                 freed_count += 1

@@ -230,3 +230,17 @@ def test_an_empty_pool_never_answers_busy_whatever_its_bounds():
     pool = _pool(max_txs=200_000, max_backlog=1, max_bytes=1 << 17)  # its share of the bytes rounds to 0
     assert pool.max_backlog_bytes == 1
     pool.refuse_if_busy(_tx())
+
+
+def test_a_senders_run_of_consecutive_nonces_is_never_evicted_for_a_newcomer():
+    pool = _pool(max_txs=3)
+    run = [_tx(key=BOB, nonce=n) for n in range(2)]  # will run in the next blocks
+    for tx in run:
+        pool.add(tx.encode(), 0)
+    gapped = _tx(nonce=4)  # Alice's 0..3 are missing: it cannot run
+    pool.add(gapped.encode(), 0)
+    carol = PrivateKey(bytes([3]) * 32)
+    pool.add(_tx(key=carol).encode(), 0)  # takes the gapped one's place
+    assert gapped.tx_id not in pool and all(tx.tx_id in pool for tx in run)
+    assert _code(pool, _tx(key=PrivateKey(bytes([4]) * 32)).encode()) == "mempool_full"
+    assert all(tx.tx_id in pool for tx in run) and len(pool) == 3
