@@ -35,12 +35,14 @@ def test_sweep_of_200_seeds_has_no_invariant_violation():
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"seeds", "flows", "committed", "refunded", "invariant_violations", "failing_seeds"}
+    assert set(summary) == {"seeds", "flows", "committed", "refunded", "refused_by_limit", "invariant_violations",
+                            "failing_seeds"}
     assert summary["seeds"] == 200
     assert summary["invariant_violations"] == 0, summary["failing_seeds"]
     assert out.returncode == 0
     # The sweep exercises both outcomes, many times.
     assert summary["committed"] > 500 and summary["refunded"] > 500
+    assert summary["refused_by_limit"] > 20  # consumers meet their position limits, holds included
     assert summary["committed"] + summary["refunded"] == summary["flows"]
 
 

@@ -2,11 +2,12 @@
 
 Prints one JSON line::
 
-    {"seeds", "flows", "committed", "refunded", "invariant_violations", "failing_seeds"}
+    {"seeds", "flows", "committed", "refunded", "refused_by_limit", "invariant_violations", "failing_seeds"}
 
 ``committed`` counts flows settled on every hop, ``refunded`` flows refunded on every
 hop they reached (refused, over capacity, timed out) or cancelled on all hops by a
-redispatch. Exits 1 when any invariant is violated. ``--seed S`` replays one seed,
+redispatch, ``refused_by_limit`` purchases the origin refused because the consumer's
+position with what its unanswered flows hold would pass its limit. Exits 1 when any invariant is violated. ``--seed S`` replays one seed,
 writes its trace and its violations to stderr, and prints the same JSON line.
 """
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         "flows": sum(r.flows for r in results),
         "committed": sum(r.committed for r in results),
         "refunded": sum(r.refunded for r in results),
+        "refused_by_limit": sum(r.refused_by_limit for r in results),
         "invariant_violations": sum(len(r.violations) for r in results),
         "failing_seeds": failing,
     }

@@ -11,7 +11,9 @@ After every block (``check_step``):
 * **no capacity is over-booked**: per bridge and period, the reservations equal the sum
   over the flows reserving there and stay within the capacity;
 * **position-limit holds**: each shard holds energy toward a consumer's limit for
-  exactly the flows it opened that still wait for their answer, as their specs say;
+  exactly the flows it opened that still wait for their answer, as their specs say, and
+  no consumer's position plus what its unanswered flows hold passes its limit in any
+  period (so flows opened side by side, whatever their answers, never over-buy);
 * **energy is conserved**: across each bridge, the flows whose tokens leave one side are
   the flows whose tokens enter the other, up to the packets that create or cancel the
   second token in flight;
@@ -21,7 +23,8 @@ After every block (``check_step``):
 
 At the end (``check_final``), with no packet in flight: every flow is settled on all hops
 (the consumer paid exactly the price and the fees of the hops, each grid operator got its
-fee, the seller the price, every hop holds its token), or cancelled on all hops, or
+fee, the seller the price, every hop holds its token, and all its tokens carry the sold
+energy's category and CO2), or cancelled on all hops, or
 refunded on every hop it reached (the consumer got back all it paid, no token remains).
 """
 
@@ -100,6 +103,15 @@ def _shard(world, shard_id: str) -> list[str]:
                     expected[(child, period)] = expected.get((child, period), 0) + spec[S_ENERGY]
     if ledger.balance(ledger.escrow) != held:
         problems.append(f"{shard_id}: escrow holds {ledger.balance(ledger.escrow)}, hop records hold {held}")
+    for account, limit in ledger.limits.items():
+        periods = {p for _, e, first, last in ledger.flow_holds.values() for p in range(first, last + 1)}
+        periods |= {p for t in ledger.tokens.values() if t.consumer == account for p in range(t.first_period, t.last_period + 1)}
+        for period in sorted(periods):
+            taken = ledger.position(account, period) + ledger.held(account, period)
+            if taken > limit:
+                problems.append(f"{shard_id}: {account.hex()[:8]} takes {taken} Wh in period {period} with what its "
+                                f"flows hold, over its limit {limit}")
+                break
     if ledger.flow_holds != holds:
         differ = sorted(f.hex()[:8] for f in set(ledger.flow_holds) | set(holds) if ledger.flow_holds.get(f) != holds.get(f))
         problems.append(f"{shard_id}: position-limit holds differ from the unanswered flows' for flows {differ[:5]}")

@@ -57,6 +57,7 @@ class SimLedger:
         self.outside = 0  # sum of balances outside bridge accounts
         self.minted_from: dict[str, int] = {}
         self.roles: dict[bytes, frozenset[str]] = {}
+        self.limits: dict[bytes, int] = {}  # account -> position limit, Wh per period
         self.tokens: dict[int, Token] = {}
         self.next_serial = 1
         self.locked: dict[bytes, int] = {}  # flow -> money taken from the consumer here
@@ -126,8 +127,21 @@ class SimLedger:
         self._move(account, amount)
         self._scalar("supply", self.supply + amount)
 
-    def admit(self, account: bytes, roles: set[str]) -> None:
+    def admit(self, account: bytes, roles: set[str], limit: int | None = None) -> None:
         self._set("roles", account, frozenset(roles))
+        if limit is not None:
+            self._set("limits", account, limit)
+
+    def position(self, account: bytes, period: int) -> int:
+        """Energy ``account`` takes in ``period`` on its open tokens (its consumer sides)."""
+        return sum(
+            t.energy_wh for t in self.tokens.values()
+            if t.consumer == account and t.status == "open" and t.first_period <= period <= t.last_period
+        )
+
+    def held(self, account: bytes, period: int) -> int:
+        """Energy the flows ``account`` opened here and that are not answered yet hold in ``period``."""
+        return sum(e for c, e, first, last in self.flow_holds.values() if c == account and first <= period <= last)
 
     # ------------------------------------------------------------------ Effects
 
@@ -142,6 +156,12 @@ class SimLedger:
             return "role_missing"
         if point != consumer:
             return "bad_point"  # meters are not simulated: the consumer's own address only
+        limit = self.limits.get(consumer)
+        if limit is not None:
+            for period in range(first_period, last_period + 1):
+                # a held flow may still commit: its energy counts (MARKET.md section 12)
+                if self.position(consumer, period) + self.held(consumer, period) + energy_wh > limit:
+                    return "position_limit_exceeded"
         return None
 
     def hold_buyer(self, flow_id: bytes, consumer: bytes, energy_wh: int, first_period: int, last_period: int) -> None:

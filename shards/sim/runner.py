@@ -38,6 +38,9 @@ PERIOD_S = 30  # short elementary periods: deliveries begin (and flows settle) w
 FAULT_PHASE_MS = 60_000
 TIME_LIMIT_MS = 900_000
 CURRENCY = "CHF"
+# Position limits of a shard's consumers (Wh per period): offers are 100..7,000 Wh, so
+# two overlapping purchases often pass the smaller limits (100 seeds: ~80 refusals by a limit).
+POSITION_LIMITS = (2_500, 5_000, 8_000)
 
 AREAS = ["zurich", "bern", "basel", "ticino"]
 LOCALS = ["oerlikon", "altstetten", "wiedikon", "enge", "breitenrain", "bethlehem", "mitte"]
@@ -52,6 +55,7 @@ class SeedResult:
     cancelled: int = 0  # of which cancelled by redispatch
     refused_by_quote: int = 0  # refused before anything was locked
     refused_at_origin: int = 0
+    refused_by_limit: int = 0  # of which over the consumer's position limit (holds included)
     mangled_refused: int = 0
     blocks: int = 0
     deliveries: int = 0
@@ -115,7 +119,8 @@ class World:
                 ledger.mint(shard.go, 50_000)
                 for i in range(2 if shard.topology.children(shard.id) else 3):
                     consumer = account(shard.id, f"consumer{i}")
-                    ledger.admit(consumer, {"consumer"})
+                    # position limits tight enough that overlapping purchases meet them
+                    ledger.admit(consumer, {"consumer"}, limit=POSITION_LIMITS[i])
                     ledger.mint(consumer, rng.randint(2_000, 60_000))
                     self.consumers.append((shard.id, consumer))
                 trader = account(shard.id, "trader")
@@ -253,6 +258,8 @@ class World:
         def done(shard: SimShard, result) -> None:
             if isinstance(result, BridgeError):
                 self.result.refused_at_origin += 1
+                if result.code == "position_limit_exceeded":
+                    self.result.refused_by_limit += 1
                 self.trace(self.now_ms, f"{origin} refused purchase of {destination}#{token.serial}: {result}")
                 return
             self.flows[result.flow_id] = result
