@@ -41,7 +41,7 @@ order, so a meter gateway submitting thousands of readings does not starve a tra
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
@@ -103,6 +103,10 @@ class Mempool:
         # (at least 1: an empty pool never answers busy).
         self.max_backlog_bytes = max(max_bytes * self.max_backlog // max_txs, 1)
         self.bytes = 0  # sum of the raw sizes of the waiting transactions
+        # Changes with every admission and removal; while it and the height stand still,
+        # a full pool's evictable count and bytes do too (see _make_room).
+        self._version = 0
+        self._no_room: tuple[int, int, int, int] | None = None
         self.max_per_sender = max_per_sender
         self.nonce_window = nonce_window
         self.max_gas = max_gas
@@ -206,6 +210,7 @@ class Mempool:
             self._sender_of_address[tx.sender_address.raw] = tx.sender
         self._by_id[tx.tx_id] = MempoolEntry(tx, raw, tx.sender, self._counter)
         self.bytes += len(raw)
+        self._version += 1
         pending[tx.nonce] = tx.tx_id
         self._arrivals[tx.tx_id] = None
         return tx
@@ -229,37 +234,50 @@ class Mempool:
         need_bytes = self.bytes + size - self.max_bytes
         if need_count <= 0 and need_bytes <= 0:
             return True
+        # A flood of admissions into a full pool of runnable transactions would scan the
+        # pool for each: the first refusal records what any admission could free (an
+        # upper bound), and later ones needing more are refused at once until the pool
+        # or the height changes.
+        known = self._no_room
+        if known is not None and known[:2] == (self._version, height) and (
+            need_count > known[2] or need_bytes > known[3]
+        ):
+            return False
+        chosen: list[bytes] = []
+        freed_count = freed_bytes = 0
+        for tx_id in self._evictable(height, incoming):
+            chosen.append(tx_id)
+            freed_count += 1
+            freed_bytes += len(self._by_id[tx_id].raw)
+            if freed_count >= need_count and freed_bytes >= need_bytes:
+                for victim in chosen:
+                    self._remove(victim)
+                return True
+        everything = [len(self._by_id[t].raw) for t in self._evictable(height, None)]
+        self._no_room = (self._version, height, len(everything), sum(everything))
+        return False
+
+    def _evictable(self, height: int, incoming: Transaction | None) -> Iterator[bytes]:
+        """Ids of what may be evicted, in eviction order: expired, then stuck behind a gap."""
         runs: dict[bytes, int] = {}  # sender -> last nonce of its runnable run
 
         def runnable(entry: MempoolEntry) -> bool:
             last = runs.get(entry.sender)
             if last is None:
                 pending = self._by_sender.get(entry.sender, {})
-                extra = incoming.nonce if entry.sender == incoming.sender else None
+                extra = incoming.nonce if incoming is not None and entry.sender == incoming.sender else None
                 last = self._next_nonce(entry.sender) - 1
                 while last + 1 in pending or last + 1 == extra:
                     last += 1
                 runs[entry.sender] = last
             return entry.tx.nonce <= last
 
-        chosen: list[bytes] = []
-        freed_count = freed_bytes = 0
         for expired_pass in (True, False):
             for tx_id in self._arrivals:
                 entry = self._by_id[tx_id]
                 expired = entry.tx.expiry <= height
-                if expired != expired_pass:
-                    continue
-                if not expired and runnable(entry):
-                    continue
-                chosen.append(tx_id)
-                freed_count += 1
-                freed_bytes += len(entry.raw)
-                if freed_count >= need_count and freed_bytes >= need_bytes:
-                    for victim in chosen:
-                        self._remove(victim)
-                    return True
-        return False
+                if expired == expired_pass and (expired or not runnable(entry)):
+                    yield tx_id
 
     def drop(self, tx_id: bytes) -> bool:
         """Forget a pending transaction that can never be included (e.g. a validator-set
@@ -271,6 +289,7 @@ class Mempool:
         if entry is None:
             return None
         self.bytes -= len(entry.raw)
+        self._version += 1
         self._arrivals.pop(tx_id, None)
         pending = self._by_sender.get(entry.sender)
         if pending is not None:

@@ -244,3 +244,27 @@ def test_a_senders_run_of_consecutive_nonces_is_never_evicted_for_a_newcomer():
     assert gapped.tx_id not in pool and all(tx.tx_id in pool for tx in run)
     assert _code(pool, _tx(key=PrivateKey(bytes([4]) * 32)).encode()) == "mempool_full"
     assert all(tx.tx_id in pool for tx in run) and len(pool) == 3
+
+
+def test_a_flood_into_a_full_pool_of_runnable_transactions_is_refused_without_rescanning_it():
+    reads = []
+
+    def next_nonce(sender):
+        reads.append(sender)
+        return 0
+
+    pool = Mempool(CHAIN, next_nonce=next_nonce, max_txs=20)
+    keys = [PrivateKey(bytes([10 + i]) * 32) for i in range(5)]
+    for key in keys:
+        for n in range(4):  # runs from each sender's next nonce: nothing may be evicted
+            pool.add(_tx(key=key, nonce=n).encode(), 0)
+    newcomers = [PrivateKey(bytes([40 + i]) * 32) for i in range(3)]
+    assert _code(pool, _tx(key=newcomers[0]).encode()) == "mempool_full"
+    scanned = len(reads)
+    for key in newcomers[1:]:
+        assert _code(pool, _tx(key=key).encode()) == "mempool_full"
+    # each later refusal read only its own sender's nonce (the admission check), not the pool's
+    assert reads[scanned:] == [_tx(key=key).sender for key in newcomers[1:]]
+    pool.remove_committed([_tx(key=keys[0], nonce=0).tx_id], 1)  # the pool changed: room again
+    pool.add(_tx(key=newcomers[1]).encode(), 1)
+    assert len(pool) == 20
