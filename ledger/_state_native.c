@@ -433,15 +433,33 @@ check_pos(long pos)
     return 0;
 }
 
+/* A body that does not hold what its bitmaps and lengths say: ValueError, -1. */
+static int
+short_body(void)
+{
+    PyErr_SetString(PyExc_ValueError, "a chunk's body is shorter than its bitmaps say");
+    return -1;
+}
+
+/* An edit's (chunk, pos, ...) arguments: their number, and the position into *pos. */
+static int
+edit_args(Py_ssize_t nargs, Py_ssize_t want, const char *usage, PyObject *const *args, long *pos)
+{
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    *pos = PyLong_AsLong(args[1]);
+    return check_pos(*pos);
+}
+
 /* Open a gap of n bytes at offset at of bytearray b (len grows by n). */
 static int
 open_gap(PyObject *b, Py_ssize_t at, Py_ssize_t n)
 {
     Py_ssize_t len = PyByteArray_GET_SIZE(b);
-    if (at < 0 || at > len) {
-        PyErr_SetString(PyExc_ValueError, "a chunk's body is shorter than its bitmaps say");
-        return -1;
-    }
+    if (at < 0 || at > len)
+        return short_body();
     if (PyByteArray_Resize(b, len + n) < 0)
         return -1;
     char *p = PyByteArray_AS_STRING(b);
@@ -469,14 +487,10 @@ PyDoc_STRVAR(set_hash_doc, "set_hash(chunk, pos, h): as ledger.state_chunk.set_h
 static PyObject *
 set_hash(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "set_hash takes (chunk, pos, hash)");
+    long pos;
+    if (edit_args(nargs, 3, "set_hash takes (chunk, pos, hash)", args, &pos) < 0)
         return NULL;
-    }
     PyObject *c = args[0];
-    long pos = PyLong_AsLong(args[1]);
-    if (check_pos(pos) < 0)
-        return NULL;
     if (!PyBytes_Check(args[2]) || PyBytes_GET_SIZE(args[2]) != 32) {
         PyErr_SetString(PyExc_ValueError, "set_hash: a hash is 32 bytes");
         return NULL;
@@ -494,7 +508,7 @@ set_hash(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int ok = 0;
     if (bit(eb, pos)) {
         if (s + 32 > PyByteArray_GET_SIZE(b))
-            PyErr_SetString(PyExc_ValueError, "a chunk's body is shorter than its bitmaps say");
+            short_body();
         else {
             memcpy(PyByteArray_AS_STRING(b) + s, PyBytes_AS_STRING(args[2]), 32);
             ok = 1;
@@ -516,17 +530,13 @@ set_hash(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static int
 lengths_before(const unsigned char *p, Py_ssize_t len, Py_ssize_t lo, long n, Py_ssize_t *sum)
 {
-    if (lo < 0 || lo + 4 * (Py_ssize_t)n > len) {
-        PyErr_SetString(PyExc_ValueError, "a chunk's body is shorter than its bitmaps say");
-        return -1;
-    }
+    if (lo < 0 || lo + 4 * (Py_ssize_t)n > len)
+        return short_body();
     uint64_t t = 0;
     for (long i = 0; i < n; i++)
         t += load_u32(p + lo + 4 * i);
-    if (t > (uint64_t)len) {
-        PyErr_SetString(PyExc_ValueError, "a chunk's body is shorter than its bitmaps say");
-        return -1;
-    }
+    if (t > (uint64_t)len)
+        return short_body();
     *sum = (Py_ssize_t)t;
     return 0;
 }
@@ -536,14 +546,10 @@ PyDoc_STRVAR(set_leaf_doc, "set_leaf(chunk, pos, key, value, x): as ledger.state
 static PyObject *
 set_leaf(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "set_leaf takes (chunk, pos, key, value, x)");
+    long pos;
+    if (edit_args(nargs, 5, "set_leaf takes (chunk, pos, key, value, x)", args, &pos) < 0)
         return NULL;
-    }
     PyObject *c = args[0];
-    long pos = PyLong_AsLong(args[1]);
-    if (check_pos(pos) < 0)
-        return NULL;
     if (!PyBytes_Check(args[2]) || !PyBytes_Check(args[3])) {
         PyErr_SetString(PyExc_TypeError, "set_leaf: the key and value are bytes");
         return NULL;
@@ -587,13 +593,13 @@ set_leaf(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t add = kl + vl;
     if (bit(lb, pos)) {
         if (at + 8 > len) {
-            PyErr_SetString(PyExc_ValueError, "a chunk's body is shorter than its bitmaps say");
+            short_body();
             goto done;
         }
         unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(b);
         uint64_t old64 = (uint64_t)load_u32(p + at) + load_u32(p + at + 4);
         if (o > len || old64 > (uint64_t)(len - o)) {
-            PyErr_SetString(PyExc_ValueError, "a chunk's body is shorter than its bitmaps say");
+            short_body();
             goto done;
         }
         Py_ssize_t old = (Py_ssize_t)old64;
@@ -614,7 +620,7 @@ set_leaf(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     else {
         if (o > len) {
-            PyErr_SetString(PyExc_ValueError, "a chunk's body is shorter than its bitmaps say");
+            short_body();
             goto done;
         }
         /* One resize: the lengths go in at `at`, the bytes at `o` (after the lengths). */

@@ -29,11 +29,9 @@ for the chunks that nearly every block rewrites and that the store keeps decoded
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
-from ledger.state import NODE_PREFIX
-from ledger.state_native import native
+from ledger.state_native import native, rehash_full
 
 __all__ = [
     "ANC",
@@ -67,7 +65,6 @@ __all__ = [
     "set_leaf",
 ]
 
-_sha256 = hashlib.sha256
 _from_bytes = int.from_bytes
 
 CHUNK_BITS = 8
@@ -210,11 +207,7 @@ def decode_chunk(raw: bytes) -> Chunk:
     # Compact: a full chunk without leaves, of which only the bottom row is stored.
     body = bytearray((SLOT0 - 1) << 5)
     body += b
-    sha = _sha256
-    prefix = NODE_PREFIX
-    for a in range(SLOT0 - 1, 0, -1):
-        s = (a + a - 1) << 5
-        body[(a - 1) << 5 : a << 5] = sha(prefix + body[s : s + 64]).digest()
+    rehash_full(body, range(SLOT0, 2 * SLOT0), CHUNK_BITS)
     return Chunk(eb, lb, xb, eb.bit_count(), 0, body)
 
 

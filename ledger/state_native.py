@@ -28,7 +28,10 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ledger.state import EMPTY, LEAF_PREFIX, NODE_PREFIX
+from ledger.crypto import tagged_hash
+from ledger.state import EMPTY, NODE_PREFIX
+from ledger.state import leaf_hash as _leaf_hash
+from ledger.state import value_hash as _value_hash
 
 __all__ = [
     "BACKEND",
@@ -97,14 +100,14 @@ def py_rehash_full(b: bytearray, dirty, levels: int) -> None:
 
 
 def py_leaf_hash(path: bytes, value: bytes) -> bytes:
-    """The hash of a leaf holding ``value`` at ``path`` (as :func:`ledger.state.leaf_hash`)."""
-    return _sha256(LEAF_PREFIX + path + _sha256(value).digest()).digest()
+    """The hash of a leaf holding ``value`` at ``path``."""
+    return _leaf_hash(path, _value_hash(value))
 
 
 def py_path_leaf(tag: bytes, key: bytes, value: bytes) -> tuple[bytes, bytes]:
     """(``sha256(tag + key)``: the key's path, the hash of a leaf holding ``value`` there)."""
-    path = _sha256(tag + key).digest()
-    return path, _sha256(LEAF_PREFIX + path + _sha256(value).digest()).digest()
+    path = tagged_hash(tag, key)
+    return path, _leaf_hash(path, _value_hash(value))
 
 
 native = None

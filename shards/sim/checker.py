@@ -104,7 +104,7 @@ def _shard(world, shard_id: str) -> list[str]:
     if ledger.balance(ledger.escrow) != held:
         problems.append(f"{shard_id}: escrow holds {ledger.balance(ledger.escrow)}, hop records hold {held}")
     for account, limit in ledger.limits.items():
-        periods = {p for _, e, first, last in ledger.flow_holds.values() for p in range(first, last + 1)}
+        periods = {p for c, _, first, last in ledger.flow_holds.values() if c == account for p in range(first, last + 1)}
         periods |= {p for t in ledger.tokens.values() if t.consumer == account for p in range(t.first_period, t.last_period + 1)}
         for period in sorted(periods):
             taken = ledger.position(account, period) + ledger.held(account, period)
